@@ -1,0 +1,132 @@
+"""``neurosynth models``: list, show, verify and convert model bundles.
+
+Examples
+--------
+``neurosynth models list`` prints one line per bundle found (name, task, inputs
+-> output, architecture, parameters, where found); ``--json`` prints a list of
+objects instead. ``neurosynth models show NAME`` prints the card;
+``neurosynth models verify NAME`` checks the weights' checksum and shapes;
+``neurosynth models convert CHECKPOINT --card CARD -o FOLDER`` turns a PyTorch
+checkpoint you trust into a bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import NeurosynthError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("models", help="list, show, verify and convert model bundles",
+                                   description="Model bundles: folders with card.json and weights.safetensors.")
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION")
+
+    p = sub.add_parser("list", help="list the bundles found in the search path")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("show", help="print a bundle's card")
+    p.add_argument("name", metavar="NAME", help="bundle name or path")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("verify", help="check a bundle's checksum and weight shapes")
+    p.add_argument("name", metavar="NAME", help="bundle name or path")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a trusted PyTorch checkpoint (.pt/.pth/.ckpt) into a bundle",
+        description="Convert a PyTorch checkpoint into a safetensors bundle. The checkpoint is read with "
+        "torch.load(weights_only=True), which refuses arbitrary objects, but only convert files you trust.",
+    )
+    p.add_argument("checkpoint", type=Path, help="the .pt/.pth/.ckpt file")
+    p.add_argument("--card", type=Path, required=True,
+                   help="card (JSON or YAML) with name, task, inputs, output, architecture, slicing")
+    p.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--key", default=None,
+                   help="key of the state dict inside the checkpoint (default: the checkpoint itself, "
+                   "or its 'state_dict'/'generator'/'model' entry)")
+    p.set_defaults(func=_convert)
+
+    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+
+
+def _list(args: argparse.Namespace) -> int:
+    from ..bundle import find_models, models_search_path
+
+    rows = [info.summary() for info in find_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        where = ", ".join(str(p) for _, p in models_search_path())
+        print(f"no model bundles found (searched: {where})")
+        return 0
+    table = [("NAME", "TASK", "INPUTS -> OUTPUT", "ARCH", "PARAMS", "FOUND IN")]
+    for r in rows:
+        n = r["n_parameters"]
+        table.append((r["name"], str(r["task"]), f"{' + '.join(r['inputs'] or [])} -> {r['output']}",
+                      str(r["architecture"]), f"{n:,}" if isinstance(n, int) else "?", f"{r['source']}: {r['path']}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ..bundle import _resolve, render_readme
+
+    info = _resolve(args.name)
+    if args.json:
+        print(json.dumps(info.card, indent=2))
+    else:
+        print(f"{info.name} ({info.source}: {info.path})\n")
+        print(render_readme(info.card))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ..bundle import verify_bundle
+
+    result = verify_bundle(args.name)
+    print(f"{result['name']}: OK, sha256 {result['sha256']}, {result['n_parameters']:,} parameters ({result['path']})")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bundle import _build_from_card, _load_state, read_card, save_bundle, validate_card
+
+    card = read_card(args.card)
+    card.pop("weights", None)
+    validate_card({**card, "normalization": card.get("normalization", {}), "slicing": card.get("slicing", {})},
+                  require_weights=False, where=str(args.card))
+    try:
+        # weights_only=True: the restricted unpickler that only rebuilds tensors and plain containers
+        obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise NeurosynthError(f"checkpoint {args.checkpoint} does not exist") from None
+    except Exception as exc:
+        raise NeurosynthError(
+            f"cannot read {args.checkpoint} as a weights-only checkpoint ({type(exc).__name__}); "
+            "it may contain arbitrary Python objects, which this command refuses to load"
+        ) from None
+    keys = [args.key] if args.key else [None, "state_dict", "generator", "model", "net_G", "netG"]
+    state = None
+    for key in keys:
+        cand = obj if key is None else (obj.get(key) if isinstance(obj, dict) else None)
+        if isinstance(cand, dict) and cand and all(isinstance(v, torch.Tensor) for v in cand.values()):
+            state = cand
+            break
+    if state is None:
+        raise NeurosynthError(f"no state dict of tensors found in {args.checkpoint}; name its key with --key")
+    network = _build_from_card({**card, "slicing": card.get("slicing", {})}, str(args.card))
+    _load_state(network, state, card.get("name", str(args.checkpoint)))
+    folder = save_bundle(network, card, args.output)
+    print(f"wrote bundle {folder}")
+    return 0

@@ -1,0 +1,191 @@
+"""``neurosynth study``: create reader studies, summarise and export their ratings.
+
+Examples
+--------
+::
+
+    neurosynth study create runs/ -o study.yaml --turing --subscores realism lesion_conspicuity --reference t1
+    neurosynth study summary --db ratings.sqlite --study runs --plot mos.png
+    neurosynth study export --db ratings.sqlite -o ratings.csv
+    neurosynth study import --db ratings.sqlite other_site.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from ..errors import NeurosynthError
+
+
+def _db_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="ratings database (default: ratings.sqlite in the user data folder)",
+    )
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "study",
+        help="reader studies: create a study file, summarise and export ratings",
+        description="Reader studies: build a study definition, and summarise or export the ratings stored in a database.",
+    )
+    sub = parser.add_subparsers(dest="study_command", metavar="ACTION")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+
+    create = sub.add_parser(
+        "create",
+        help="build a study file from a folder of volumes",
+        description="Build a study from FOLDER: either one subfolder per condition (acquired/, <model>/) with files "
+        "named by case, or one subfolder per case with files named by condition.",
+    )
+    create.add_argument("folder", type=Path)
+    create.add_argument("-o", "--output", type=Path, required=True, help="study file to write (.yaml or .json)")
+    create.add_argument("--id", dest="study_id", help="study id (default: the folder name)")
+    create.add_argument("--seed", type=int, default=0, help="seed of the per-rater order (default 0)")
+    create.add_argument("--no-blind", dest="blinded", action="store_false", help="show condition and case names")
+    create.add_argument("--subscores", nargs="*", default=None, metavar="NAME",
+                        help="ask Likert sub-scores (all four if no name: realism, anatomical_correctness, "
+                        "lesion_conspicuity, diagnostic_usability)")
+    create.add_argument("--turing", action="store_true", help="ask real vs synthetic with confidence")
+    create.add_argument("--reference", action="append", default=[], metavar="NAME",
+                        help="a condition name to show beside each case as a reference instead of rating it (repeatable)")
+    create.add_argument("--acquired", default="acquired", help="name of the real condition (default: acquired)")
+    create.add_argument("--force", action="store_true", help="overwrite an existing study file")
+    create.set_defaults(func=_create)
+
+    summary = sub.add_parser("summary", help="MOS, agreement, Turing-test accuracy and rank tests")
+    _db_arg(summary)
+    summary.add_argument("--study", help="only this study (default: all current ratings in the file)")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
+    summary.add_argument("--plot", type=Path, metavar="OUT.png", help="also save a score-distribution plot")
+    summary.add_argument("--ci", choices=["wilson", "clopper-pearson"], default="wilson",
+                         help="binomial CI of Turing-test accuracy (default wilson)")
+    summary.add_argument("--acquired", default="acquired", help="name of the real condition (default: acquired)")
+    summary.set_defaults(func=_summary)
+
+    export = sub.add_parser("export", help="write ratings to CSV (or JSON), history included")
+    _db_arg(export)
+    export.add_argument("-o", "--output", type=Path, required=True, help="OUT.csv or OUT.json")
+    export.add_argument("--study", help="only this study")
+    export.add_argument("--current-only", action="store_true", help="leave out superseded ratings")
+    export.set_defaults(func=_export)
+
+    imp = sub.add_parser(
+        "import",
+        help="add ratings from a CSV file (columns rater, case_id, condition, score; optional study and others)",
+    )
+    _db_arg(imp)
+    imp.add_argument("csv", type=Path)
+    imp.add_argument("--study", help="study id for rows without one")
+    imp.set_defaults(func=_import)
+
+
+def _open(args):
+    from ..ratings import RatingStore
+
+    if args.db is not None and not args.db.exists():
+        raise NeurosynthError(f"ratings database {args.db} does not exist")
+    return RatingStore(args.db)
+
+
+def _create(args) -> int:
+    from ..ratings import SUBSCORES
+    from ..study import create_study
+
+    if args.output.exists() and not args.force:
+        raise NeurosynthError(f"{args.output} exists; pass --force to overwrite it")
+    subscores = () if args.subscores is None else (tuple(args.subscores) or SUBSCORES)
+    study = create_study(
+        args.folder,
+        study_id=args.study_id,
+        seed=args.seed,
+        blinded=args.blinded,
+        subscores=subscores,
+        turing=args.turing,
+        references=args.reference,
+        acquired=args.acquired,
+    )
+    study.save(args.output)
+    counts = {c: sum(c in case.conditions for case in study.cases) for c in study.conditions}
+    print(
+        f"wrote {args.output}: study {study.id!r}, {len(study.cases)} cases, {len(study.items)} items to rate "
+        f"({', '.join(f'{c}: {n}' for c, n in counts.items())})"
+    )
+    return 0
+
+
+def _summary(args) -> int:
+    from ..study_stats import format_summary, plot_distributions, summarize
+
+    with _open(args) as store:
+        if args.study is not None and args.study not in store.studies():
+            known = ", ".join(store.studies()) or "none"
+            raise NeurosynthError(f"study {args.study!r} has no ratings in {store.path} (studies: {known})")
+        rows = store.ratings(study=args.study)
+    result = summarize(rows, ci_method="exact" if args.ci == "clopper-pearson" else "wilson", acquired=args.acquired)
+    if args.plot is not None:
+        plot_distributions(rows, args.plot)
+        result["plot"] = str(args.plot)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_summary(result))
+        if args.plot is not None:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+def _export(args) -> int:
+    with _open(args) as store:
+        if args.output.suffix.lower() == ".json":
+            rows = store.ratings(study=args.study, history=not args.current_only)
+            try:
+                args.output.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise NeurosynthError(f"cannot write {args.output}: {exc.strerror}") from None
+            n = len(rows)
+        else:
+            n = store.export_csv(args.output, study=args.study, history=not args.current_only)
+    print(f"wrote {n} ratings to {args.output}")
+    return 0
+
+
+def _import(args) -> int:
+    from ..ratings import EXTRA_FIELDS, RatingStore
+
+    try:
+        with open(args.csv, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise NeurosynthError(f"cannot read {args.csv}: {exc.strerror}") from None
+    needed = {"rater", "case_id", "condition", "score"}
+    if not rows or not needed <= set(rows[0]):
+        raise NeurosynthError(f"{args.csv} needs a header with at least {', '.join(sorted(needed))}")
+    batch = []
+    for row in rows:
+        item = {k: row[k] for k in EXTRA_FIELDS if k != "metadata" and row.get(k) not in (None, "")}
+        item.update(rater=row["rater"], case=row["case_id"], condition=row["condition"], study=row.get("study") or args.study)
+        try:
+            item["score"] = float(row["score"])
+        except ValueError:
+            item["score"] = row["score"]  # refused with a clear message by the store
+        if row.get("metadata"):
+            try:
+                item["metadata"] = json.loads(row["metadata"])
+            except json.JSONDecodeError:
+                item["metadata"] = {"text": row["metadata"]}
+        batch.append(item)
+    # One transaction: a bad line leaves the database untouched.
+    with RatingStore(args.db) as store:
+        store.record_many(batch)
+        path = store.path
+    print(f"imported {len(batch)} ratings into {path}")
+    return 0

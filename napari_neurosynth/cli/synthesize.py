@@ -1,0 +1,297 @@
+"""``neurosynth synthesize``: run a model on one subject or on many.
+
+One subject::
+
+    neurosynth synthesize t1.nii.gz --model t1_to_t2 -o t2_synth.nii.gz
+    neurosynth synthesize t1.nii.gz t2_lowres.nii.gz --model t1t2lr_to_t2 -o t2_sr.nii.gz
+
+Many subjects (one progress bar; a bad subject is reported at the end, exit 1)::
+
+    neurosynth synthesize --batch data/BraTS/ --model t1_to_t2 -o out/
+    neurosynth synthesize --batch "data/*/*_t1.nii.gz" --model t1_to_t2 -o out/
+    neurosynth synthesize --batch subjects.csv --model t1_to_t2 -o out/
+
+Batch sources:
+
+* a **folder**, searched recursively: an image belongs to modality ``m`` when its
+  name (without extension) is ``m`` or ends in ``_m`` / ``-m`` (BraTS: ``NAME_t1.nii.gz``);
+  files with the same prefix in the same folder form a subject (a file named just
+  ``t1.nii.gz`` takes its folder's name);
+* a **glob** matching the first input's files; the other inputs are found next to
+  each match by swapping the modality suffix;
+* a **CSV** with a ``subject`` column and one column per card input (paths relative
+  to the CSV's folder).
+
+Outputs are written as ``OUT_DIR/<subject>_<output>_synth.nii.gz`` (``_synth`` keeps
+them apart from acquired images, also when OUT_DIR is the input folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import re
+import sys
+import time
+from pathlib import Path
+
+from ..errors import NeurosynthError
+
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.mgz|\.mgh|\.nrrd|\.nhdr|\.mha|\.mhd)$", re.IGNORECASE)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "synthesize",
+        help="synthesize a contrast from one subject's images, or from many (--batch)",
+        description="Run a model bundle on input volumes; the output lies on the first input's grid.",
+        epilog="Examples:\n"
+               "  neurosynth synthesize t1.nii.gz --model t1_to_t2 -o t2_synth.nii.gz\n"
+               "  neurosynth synthesize --batch data/BraTS --model t1_to_t2 -o out/\n"
+               "  neurosynth synthesize --batch subjects.csv --model t1_to_t2 -o out/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="input volumes in the model's input order (see `neurosynth models list`)")
+    p.add_argument("--model", "-m", required=True, help="bundle name or bundle folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (one subject) or output folder (--batch)")
+    p.add_argument("--batch", metavar="DIR|GLOB|CSV",
+                   help="many subjects: a folder (BraTS-style names), a glob of first-input files, or a CSV")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--batch-size", default="auto", help="slices per batch (auto: from free memory)")
+    p.add_argument("--resample", action="store_true",
+                   help="resample inputs on other grids onto the first input's grid instead of refusing them")
+    p.add_argument("--no-crop", dest="crop", action="store_false",
+                   help="run the network on whole slices (slower; default crops to the head)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _batch_size(text: str) -> int | str:
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise NeurosynthError(f"--batch-size must be a positive integer or auto, not {text!r}")
+    return value
+
+
+def _stem(path: Path) -> str:
+    return _EXT.sub("", path.name)
+
+
+def _match(stem: str, modality: str) -> str | None:
+    """The subject prefix if ``stem`` names ``modality`` (``t1``, ``x_t1``, ``x-t1``), else None."""
+    s, m = stem.lower(), modality.lower()
+    if s == m:
+        return ""
+    for sep in ("_", "-"):
+        if s.endswith(sep + m):
+            return stem[: -len(m) - 1]
+    return None
+
+
+def subjects_from_folder(folder: Path, modalities: list[str]) -> dict[str, dict[str, Path]]:
+    """Group the images under ``folder`` into subjects by prefix (see module docstring)."""
+    groups: dict[tuple[Path, str], dict[str, Path]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and _EXT.search(p.name)):
+        stem = _stem(path)
+        # longest modality name first, so "t2_lowres" is not mistaken for "lowres"-less "t2"
+        for m in sorted(modalities, key=len, reverse=True):
+            prefix = _match(stem, m)
+            if prefix is not None:
+                groups.setdefault((path.parent, prefix), {})[m] = path
+                break
+    subjects: dict[str, dict[str, Path]] = {}
+    for (parent, prefix), files in sorted(groups.items()):
+        name = prefix or parent.name
+        if name in subjects:  # same prefix in two folders: qualify with the folder
+            name = f"{parent.name}_{name}"
+        subjects[name] = files
+    return subjects
+
+
+def subjects_from_glob(pattern: str, modalities: list[str]) -> dict[str, dict[str, Path]]:
+    """Each match is a first-input file; the other inputs sit beside it with their own suffix."""
+    subjects: dict[str, dict[str, Path]] = {}
+    first = modalities[0]
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        path = Path(match)
+        if not path.is_file():
+            continue
+        stem = _stem(path)
+        ext = path.name[len(stem):]
+        prefix = _match(stem, first)
+        files = {first: path}
+        if prefix is None:
+            prefix = stem
+            if len(modalities) > 1:
+                subjects[stem] = files  # the missing inputs are reported for this subject
+                continue
+        sep = stem[len(prefix)] if prefix and len(stem) > len(prefix) else "_"
+        for m in modalities[1:]:
+            name = f"{prefix}{sep}{m}{ext}" if prefix else f"{m}{ext}"
+            candidates = [path.parent / name] + sorted(path.parent.glob(f"{prefix}{sep}{m}.*" if prefix else f"{m}.*"))
+            hit = next((c for c in candidates if c.is_file() and _EXT.search(c.name)), None)
+            if hit is not None:
+                files[m] = hit
+        name = prefix or path.parent.name
+        if name in subjects:
+            name = f"{path.parent.name}_{name}"
+        subjects[name] = files
+    return subjects
+
+
+def subjects_from_csv(csv_path: Path, modalities: list[str]) -> dict[str, dict[str, Path]]:
+    """Rows ``subject,<input 1>,<input 2>...``; relative paths are taken from the CSV's folder."""
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise NeurosynthError(f"cannot read {csv_path}: {exc}") from None
+    missing = [c for c in ["subject", *[m.lower() for m in modalities]] if c not in columns]
+    if missing:
+        raise NeurosynthError(
+            f"{csv_path} lacks column(s) {', '.join(missing)}; it needs 'subject' and one column per model input "
+            f"({', '.join(modalities)})"
+        )
+    subjects: dict[str, dict[str, Path]] = {}
+    for i, row in enumerate(rows, start=2):
+        name = row["subject"] or f"row{i}"
+        files = {}
+        for m in modalities:
+            if row[m.lower()]:
+                p = Path(row[m.lower()]).expanduser()
+                files[m] = p if p.is_absolute() else csv_path.parent / p
+        subjects[name] = files
+    return subjects
+
+
+def find_subjects(spec: str, modalities: list[str]) -> dict[str, dict[str, Path]]:
+    """Subjects named by a folder, a glob or a CSV file; ``{subject: {modality: path}}``."""
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise NeurosynthError(f"subject list {path} does not exist")
+        subjects = subjects_from_csv(path, modalities)
+    elif path.is_dir():
+        subjects = subjects_from_folder(path, modalities)
+    elif glob.has_magic(spec):
+        subjects = subjects_from_glob(str(path), modalities)
+    else:
+        raise NeurosynthError(f"--batch {spec!r} is neither a folder, a CSV file nor a glob pattern that exists")
+    if not subjects:
+        names = ", ".join(f"NAME_{m}.nii.gz" for m in modalities)
+        raise NeurosynthError(f"no subjects found in {spec!r}; expected files like {names}")
+    return subjects
+
+
+class _Bar:
+    """One tqdm bar whose position is subjects done plus the current subject's fraction."""
+
+    def __init__(self, total: float, unit: str, quiet: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit=unit, disable=quiet, file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} {unit} [{elapsed}<{remaining}]")
+        self.base = 0.0
+
+    def at(self, fraction: float) -> None:
+        target = self.base + fraction
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def next(self, name: str | None = None) -> None:
+        self.base += 1.0
+        self.at(0.0)
+        if name:
+            self.bar.set_postfix_str(name, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _synthesize_one(model, paths: list[Path], out: Path, args, progress) -> dict:
+    from ..inference import synthesize_volume
+    from ..io import read_volume, write_volume
+
+    volumes = [read_volume(p) for p in paths]
+    result = synthesize_volume(
+        model, volumes, device=args.device, progress=progress, precision=args.precision,
+        batch_size=_batch_size(args.batch_size), resample=args.resample, crop=args.crop,
+    )
+    result.metadata["inputs"] = [str(p) for p in paths]
+    write_volume(result, out)
+    return result.metadata["inference"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bundle import load_model
+
+    if bool(args.inputs) == bool(args.batch):
+        raise NeurosynthError("give either INPUT files (one subject) or --batch DIR|GLOB|CSV (many), not both or none")
+    _batch_size(args.batch_size)  # fail early on a bad value
+    model = load_model(args.model)
+    modalities = list(model.card["inputs"])
+    out = Path(args.output).expanduser()
+
+    if not args.batch:
+        if len(args.inputs) != len(modalities):
+            raise NeurosynthError(
+                f"model {model.name!r} takes {len(modalities)} input(s) ({', '.join(modalities)}, in that order) "
+                f"but {len(args.inputs)} file(s) were given"
+            )
+        if out.is_dir():
+            raise NeurosynthError(f"-o {out} is a folder; give an output file name such as {out / 'synth.nii.gz'}")
+        bar = _Bar(1.0, "volume", args.quiet)
+        try:
+            info = _synthesize_one(model, [Path(p) for p in args.inputs], out, args, bar.at)
+        finally:
+            bar.close()
+        print(f"wrote {out} ({model.output} from {', '.join(modalities)} by {model.name} on {info['device']} "
+              f"{info['precision']}, {info['seconds']:.2f} s)")
+        return 0
+
+    subjects = find_subjects(args.batch, modalities)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NeurosynthError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    failures: list[tuple[str, str]] = []
+    written = 0
+    t0 = time.perf_counter()
+    bar = _Bar(float(len(subjects)), "subject", args.quiet)
+    try:
+        for i, (name, files) in enumerate(subjects.items()):
+            if i:
+                bar.next(name)
+            missing = [m for m in modalities if m not in files]
+            try:
+                if missing:
+                    raise NeurosynthError(f"no {', '.join(missing)} image found")
+                target = out / f"{name}_{model.output}_synth.nii.gz"
+                _synthesize_one(model, [files[m] for m in modalities], target, args, bar.at)
+                written += 1
+            except NeurosynthError as exc:
+                failures.append((name, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a bad subject must not stop the batch
+                failures.append((name, f"{type(exc).__name__}: {exc}"))
+        bar.at(1.0)
+    finally:
+        bar.close()
+    print(f"wrote {written} of {len(subjects)} subject(s) to {out} in {time.perf_counter() - t0:.1f} s")
+    if failures:
+        print(f"{len(failures)} subject(s) failed:", file=sys.stderr)
+        for name, msg in failures:
+            print(f"  {name}: {msg}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,467 @@
+"""Training data: subjects from phantoms, BraTS/IXI folders or CSV manifests, and slice sampling.
+
+A :class:`Subject` holds one person's co-registered volumes keyed by modality
+(``t1``, ``t2``, ``flair``, ``pd``, ``t2_lowres``), a brain mask and, when there
+is one, a lesion mask. :func:`load_subjects` turns a data specification into
+subjects; :class:`SliceSampler` draws random 2-D patches (with 2.5-D context as
+extra channels) from inside the brain, normalised exactly as the inference
+engine normalises (:func:`napari_neurosynth.preprocessing.intensity_scale`).
+
+Data specifications understood by :func:`load_subjects`:
+
+- ``"phantom:0-7"`` or ``"phantom:0,1,5"``: synthetic phantom subjects with
+  those seeds (:func:`napari_neurosynth.make_phantom`);
+- a folder in BraTS naming: one sub-folder (or file prefix) per subject with
+  ``*_t1.nii.gz``, ``*_t2.nii.gz``, ``*_flair.nii.gz`` and optional
+  ``*_seg.nii.gz`` (``*_t1ce`` is read as ``t1ce``);
+- a folder in IXI naming: ``IXI<id>-T1.nii.gz``, ``IXI<id>-T2.nii.gz`` (and
+  ``-PD``), matched by subject id;
+- a CSV manifest with a ``subject`` column, one column per modality holding a
+  path (relative to the CSV file or absolute), and optional ``mask`` and
+  ``lesion`` columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import NeurosynthError
+from .io import Volume
+from .preprocessing import foreground_mask, intensity_scale, slice_axis
+
+#: Modalities whose file names the folder loaders recognise.
+MODALITIES = ("t1", "t1ce", "t2", "pd", "flair", "t2_lowres")
+
+_NII = r"\.nii(?:\.gz)?$"
+# BraTS up to 2021 uses ``BraTS20_Training_001_t1.nii.gz``; BraTS 2023 uses ``-t1n``/``-t2w``/``-t2f``/``-seg``.
+_BRATS_SUFFIX = {
+    "t1": ("_t1", "-t1n"),
+    "t1ce": ("_t1ce", "-t1c"),
+    "t2": ("_t2", "-t2w"),
+    "flair": ("_flair", "-t2f"),
+    "seg": ("_seg", "-seg"),
+}
+_IXI = re.compile(r"^(IXI\d+(?:-[A-Za-z]+-\d+)?)-(T1|T2|PD)" + _NII)
+
+
+@dataclass
+class Subject:
+    """One subject's co-registered volumes.
+
+    Parameters
+    ----------
+    name : str
+        Subject identifier (phantom seed, BraTS/IXI id, manifest ``subject``).
+    images : dict of str to Volume
+        Modality name to volume. After :meth:`on_grid_of` all share one grid.
+    brain_mask : numpy.ndarray, optional
+        Boolean brain mask on the grid of the images.
+    lesion_mask : numpy.ndarray, optional
+        Integer lesion labels (0 = none) on the grid of the images.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_neurosynth.io import Volume
+    >>> v = Volume(np.ones((4, 4, 4), np.float32), np.eye(4))
+    >>> s = Subject("a", {"t1": v, "t2": v})
+    >>> s.modalities
+    ['t1', 't2']
+    """
+
+    name: str
+    images: dict[str, Volume]
+    brain_mask: np.ndarray | None = None
+    lesion_mask: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.images)
+
+    def require(self, modalities: Iterable[str]) -> None:
+        """Raise :class:`NeurosynthError` unless every modality is present."""
+        missing = [m for m in modalities if m not in self.images]
+        if missing:
+            raise NeurosynthError(
+                f"subject {self.name!r} has no {', '.join(missing)} image (it has {', '.join(self.images) or 'none'}); "
+                "add the file or choose other --inputs/--output"
+            )
+
+    def mask(self) -> np.ndarray:
+        """The brain mask, or the head foreground of the first image when none was given."""
+        if self.brain_mask is not None:
+            return self.brain_mask.astype(bool)
+        first = next(iter(self.images.values()))
+        return foreground_mask(first.data)
+
+    def on_grid_of(self, reference: str) -> "Subject":
+        """All images resampled (linear) onto the grid of ``reference``; masks must already be there.
+
+        A volume already on the reference grid is kept as is, so for phantoms only
+        ``t2_lowres`` (4x thicker slices) is resampled, exactly as the inference
+        engine resamples it onto the first input's grid.
+        """
+        self.require([reference])
+        ref = self.images[reference]
+        images = {k: (v if _same_grid(v, ref) else resample_to(v, ref)) for k, v in self.images.items()}
+        # keep the acquired volumes too: the inference engine resamples them itself
+        meta = {**self.meta, "raw_images": dict(self.images)}
+        return Subject(self.name, images, self.brain_mask, self.lesion_mask, meta)
+
+
+def _same_grid(a: Volume, b: Volume) -> bool:
+    from .io import same_grid
+
+    return same_grid(a, b)
+
+
+def resample_to(volume: Volume, reference: Volume) -> Volume:
+    """Resample ``volume`` onto the grid of ``reference`` (linear, world space).
+
+    The same call as the inference engine's (:func:`napari_neurosynth.io.resample_to`),
+    so a model sees the low-resolution target resampled identically in training
+    and at inference.
+    """
+    from .io import resample_to as _resample
+
+    return _resample(volume, reference, "linear")
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def parse_seeds(text: str | Sequence[int]) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``; a sequence of ints is returned as a list.
+
+    Examples
+    --------
+    >>> parse_seeds("0-3,7")
+    [0, 1, 2, 3, 7]
+    """
+    if not isinstance(text, str):
+        return [int(s) for s in text]
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise NeurosynthError(f"cannot read seeds {text!r}; write them like 0-7 or 0,3,5") from None
+    if not seeds:
+        raise NeurosynthError(f"no seeds in {text!r}; write them like 0-7 or 0,3,5")
+    return seeds
+
+
+def phantom_subjects(
+    seeds: Sequence[int], resolution: float | Sequence[float] = 2.0, lesions: bool | list = True
+) -> list[Subject]:
+    """Phantom subjects for ``seeds``; a list of resolutions is cycled over the seeds.
+
+    Parameters
+    ----------
+    seeds : sequence of int
+        Phantom seeds (each gives a different anatomy deformation, lesions, noise, bias).
+    resolution : float or sequence of float
+        Voxel size in mm; with several, seed ``i`` gets ``resolution[i % len]`` so a
+        model sees mixed resolutions.
+    lesions : bool or list
+        Passed to :func:`make_phantom`.
+    """
+    from .phantom import make_phantom
+
+    resolutions = [float(resolution)] if np.isscalar(resolution) else [float(r) for r in resolution]
+    subjects = []
+    for i, seed in enumerate(seeds):
+        res = resolutions[i % len(resolutions)]
+        ph = make_phantom(seed=int(seed), lesions=lesions, resolution=res)
+        images = {k: ph[k] for k in ("t1", "t2", "pd", "flair", "t2_lowres") if k in ph}
+        subjects.append(
+            Subject(
+                f"phantom-{seed}@{res:g}mm", images,
+                brain_mask=np.asarray(ph["brain_mask"].data) > 0,
+                lesion_mask=np.asarray(ph["lesion_mask"].data).astype(np.uint8),
+                meta={"seed": int(seed), "resolution": res},
+            )
+        )
+    return subjects
+
+
+def _read(path: Path) -> Volume:
+    from .io import read_volume
+
+    return read_volume(path)
+
+
+def brats_subjects(folder: str | Path) -> list[Subject]:
+    """Subjects from a BraTS-style folder (``*_t1.nii.gz``, ``*_t2.nii.gz``, ``*_flair.nii.gz``, ``*_seg.nii.gz``).
+
+    Files are grouped by their prefix before the modality suffix, searched
+    recursively. BraTS images are skull-stripped, so the brain mask is the
+    non-zero voxels of the T1 (or the first image); the segmentation (labels 1,
+    2, 4 / 3) becomes the lesion mask.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NeurosynthError(f"{folder} is not a folder; give a folder of BraTS subjects")
+    groups: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.rglob("*.nii*")):
+        stem = re.sub(_NII, "", path.name)
+        for key, suffixes in _BRATS_SUFFIX.items():
+            hit = next((s for s in suffixes if stem.lower().endswith(s)), None)
+            if hit:
+                groups.setdefault(stem[: -len(hit)], {})[key] = path
+                break
+    subjects = []
+    for name, files in sorted(groups.items()):
+        images = {k: _read(p) for k, p in files.items() if k != "seg"}
+        if not images:
+            continue
+        ref = images.get("t1", next(iter(images.values())))
+        brain = np.asarray(ref.data) > 0
+        lesion = None
+        if "seg" in files:
+            seg = np.asarray(_read(files["seg"]).data)
+            if seg.shape != ref.shape:
+                raise NeurosynthError(f"{files['seg']} has shape {seg.shape} but the images have {ref.shape}")
+            lesion = np.rint(seg).astype(np.uint8)
+        subjects.append(Subject(Path(name).name, images, brain, lesion, {"source": "brats"}))
+    if not subjects:
+        raise NeurosynthError(
+            f"no BraTS subjects in {folder}: expected files like NAME_t1.nii.gz, NAME_t2.nii.gz, NAME_flair.nii.gz"
+        )
+    return subjects
+
+
+def ixi_subjects(folder: str | Path) -> list[Subject]:
+    """Subjects from an IXI-style folder (``IXI002-Guys-0828-T1.nii.gz``, ``IXI002-Guys-0828-T2.nii.gz``).
+
+    IXI images are not skull-stripped, so the brain mask is the head foreground
+    of the T1 (:func:`~napari_neurosynth.preprocessing.foreground_mask`). IXI's T1
+    and T2 live on different grids; call :meth:`Subject.on_grid_of` (as
+    :func:`load_subjects` does) to resample them onto one.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NeurosynthError(f"{folder} is not a folder; give a folder of IXI images")
+    groups: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.rglob("IXI*")):
+        m = _IXI.match(path.name)
+        if m:
+            groups.setdefault(m.group(1), {})[m.group(2).lower()] = path
+    subjects = [
+        Subject(name, {k: _read(p) for k, p in sorted(files.items())}, None, None, {"source": "ixi"})
+        for name, files in sorted(groups.items())
+    ]
+    if not subjects:
+        raise NeurosynthError(f"no IXI subjects in {folder}: expected files like IXI002-Guys-0828-T1.nii.gz")
+    return subjects
+
+
+def manifest_subjects(csv_path: str | Path) -> list[Subject]:
+    """Subjects from a CSV manifest: ``subject,t1,t2,flair,...,mask,lesion`` (paths relative to the CSV)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise NeurosynthError(f"manifest {csv_path} does not exist")
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if "subject" not in columns:
+        raise NeurosynthError(f"manifest {csv_path} needs a 'subject' column (and one column per modality)")
+    modalities = [c for c in columns if c in MODALITIES]
+    if not modalities:
+        raise NeurosynthError(f"manifest {csv_path} has no modality column; add columns such as t1,t2,flair")
+    subjects = []
+    for row in rows:
+        def path(value: str) -> Path:
+            p = Path(value)
+            p = p if p.is_absolute() else csv_path.parent / p
+            if not p.exists():
+                raise NeurosynthError(f"manifest {csv_path}: subject {row['subject']!r} refers to missing file {p}")
+            return p
+
+        images = {m: _read(path(row[m])) for m in modalities if row.get(m)}
+        brain = np.asarray(_read(path(row["mask"])).data) > 0 if row.get("mask") else None
+        lesion = np.rint(np.asarray(_read(path(row["lesion"])).data)).astype(np.uint8) if row.get("lesion") else None
+        subjects.append(Subject(row["subject"], images, brain, lesion, {"source": "manifest"}))
+    if not subjects:
+        raise NeurosynthError(f"manifest {csv_path} lists no subjects")
+    return subjects
+
+
+def load_subjects(
+    source: str | Path,
+    modalities: Sequence[str] | None = None,
+    resolution: float | Sequence[float] = 2.0,
+) -> list[Subject]:
+    """Subjects from a data specification, resampled onto the grid of the first of ``modalities``.
+
+    Parameters
+    ----------
+    source : str or Path
+        ``"phantom:SEEDS"``, a BraTS or IXI folder, or a ``.csv`` manifest.
+    modalities : sequence of str, optional
+        Modalities the caller needs (inputs then output); each subject must have
+        them all, and all are brought onto the first one's grid.
+    resolution : float or sequence of float
+        Phantom voxel size(s) in mm (phantom sources only).
+
+    Examples
+    --------
+    >>> subjects = load_subjects("phantom:0", ["t1", "t2"], resolution=3.0)  # doctest: +SKIP
+    """
+    text = str(source)
+    if text.startswith("phantom:"):
+        subjects = phantom_subjects(parse_seeds(text[len("phantom:"):]), resolution)
+    else:
+        path = Path(text)
+        if path.suffix.lower() == ".csv":
+            subjects = manifest_subjects(path)
+        elif path.is_dir():
+            names = [p.name for p in path.rglob("*.nii*")]
+            if any(_IXI.match(n) for n in names):
+                subjects = ixi_subjects(path)
+            else:
+                subjects = brats_subjects(path)
+        else:
+            raise NeurosynthError(
+                f"cannot read training data from {text!r}: give phantom:SEEDS, a BraTS/IXI folder or a .csv manifest"
+            )
+    if modalities:
+        for s in subjects:
+            s.require(modalities)
+        subjects = [s.on_grid_of(modalities[0]) for s in subjects]
+        for s in subjects:
+            ref = s.images[modalities[0]]
+            for label, m in (("brain mask", s.brain_mask), ("lesion mask", s.lesion_mask)):
+                if m is not None and m.shape != ref.shape:
+                    raise NeurosynthError(
+                        f"subject {s.name!r}: the {label} has shape {m.shape} but {modalities[0]} has {ref.shape}"
+                    )
+    return subjects
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class PreparedSubject:
+    """A subject as normalised float32 stacks ``(S, H, W)`` with the slicing axis first."""
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    mask: np.ndarray
+    lesion: np.ndarray | None
+    brain_slices: np.ndarray
+
+
+def prepare(
+    subject: Subject, modalities: Sequence[str], normalization: dict | None = None, plane: str = "axial",
+    min_brain_fraction: float = 0.05,
+) -> PreparedSubject:
+    """Normalise each modality (as the engine does) and put the slicing axis first.
+
+    Each volume is divided by its own :func:`intensity_scale`; slices whose brain
+    area is below ``min_brain_fraction`` of the largest brain slice are not sampled.
+    """
+    subject.require(modalities)
+    ref = subject.images[modalities[0]]
+    axis = slice_axis(ref.affine, plane)
+    arrays = {}
+    for m in modalities:
+        data = np.asarray(subject.images[m].data, np.float32)
+        if not np.isfinite(data).all():
+            raise NeurosynthError(f"subject {subject.name!r}: {m} has NaN or Inf voxels; fix or drop it")
+        arrays[m] = np.ascontiguousarray(np.moveaxis(data / intensity_scale(data, normalization), axis, 0))
+    mask = np.moveaxis(subject.mask(), axis, 0)
+    lesion = None if subject.lesion_mask is None else np.moveaxis(subject.lesion_mask, axis, 0)
+    area = mask.reshape(mask.shape[0], -1).sum(1)
+    keep = np.flatnonzero(area >= max(1, min_brain_fraction * area.max()))
+    if keep.size == 0:
+        raise NeurosynthError(f"subject {subject.name!r} has an empty brain mask; nothing to train on")
+    return PreparedSubject(subject.name, arrays, mask, lesion, keep)
+
+
+def context_stack(stack: np.ndarray, index: int, context: int) -> np.ndarray:
+    """Slices ``index-context .. index+context`` of ``stack`` (edges repeated), shape ``(2c+1, H, W)``."""
+    idx = np.clip(np.arange(index - context, index + context + 1), 0, stack.shape[0] - 1)
+    return stack[idx]
+
+
+class SliceSampler:
+    """Random 2-D patches from inside the brain, with 2.5-D context as channels.
+
+    Parameters
+    ----------
+    subjects : list of PreparedSubject
+        From :func:`prepare`, holding every modality in ``inputs`` and ``output``.
+    inputs : sequence of str
+        Input modalities in card order; each contributes ``2 * context + 1`` channels.
+    output : str or None
+        Target modality (``None`` for input-only sampling, e.g. the unpaired domains).
+    context : int
+        Neighbour slices on each side.
+    patch : int
+        Patch edge in pixels; slices smaller than that are zero-padded.
+    rng : numpy.random.Generator
+        The only randomness used, so sampling is reproducible from a seed.
+
+    Examples
+    --------
+    >>> # x, y, m = sampler.batch(8)  -> (8, C, P, P), (8, 1, P, P), (8, 1, P, P)
+    """
+
+    def __init__(self, subjects, inputs, output, context=1, patch=64, rng=None):
+        if not subjects:
+            raise NeurosynthError("no training subjects")
+        self.subjects = list(subjects)
+        self.inputs = list(inputs)
+        self.output = output
+        self.context = int(context)
+        self.patch = int(patch)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+
+    def _window(self, size: int, centre: int) -> tuple[int, int]:
+        if size <= self.patch:
+            return 0, size
+        start = int(np.clip(centre - self.patch // 2, 0, size - self.patch))
+        return start, start + self.patch
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """One patch: inputs ``(C, P, P)``, target ``(1, P, P)`` or None, brain mask ``(1, P, P)``."""
+        subj = self.subjects[int(self.rng.integers(len(self.subjects)))]
+        s = int(subj.brain_slices[int(self.rng.integers(len(subj.brain_slices)))])
+        ys, xs = np.nonzero(subj.mask[s])
+        k = int(self.rng.integers(len(ys)))  # centre the patch on a random brain voxel
+        H, W = subj.mask.shape[1:]
+        y0, y1 = self._window(H, int(ys[k]))
+        x0, x1 = self._window(W, int(xs[k]))
+        P = self.patch
+        x = np.zeros((len(self.inputs) * (2 * self.context + 1), P, P), np.float32)
+        chans = np.concatenate([context_stack(subj.arrays[m], s, self.context) for m in self.inputs], 0)
+        x[:, : y1 - y0, : x1 - x0] = chans[:, y0:y1, x0:x1]
+        m = np.zeros((1, P, P), np.float32)
+        m[0, : y1 - y0, : x1 - x0] = subj.mask[s, y0:y1, x0:x1]
+        y = None
+        if self.output is not None:
+            y = np.zeros((1, P, P), np.float32)
+            y[0, : y1 - y0, : x1 - x0] = subj.arrays[self.output][s, y0:y1, x0:x1]
+        return x, y, m
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``n`` patches stacked: ``(n, C, P, P)``, ``(n, 1, P, P)`` or None, ``(n, 1, P, P)``."""
+        items = [self.sample() for _ in range(n)]
+        xs = np.stack([i[0] for i in items])
+        ys = None if self.output is None else np.stack([i[1] for i in items])
+        ms = np.stack([i[2] for i in items])
+        return xs, ys, ms

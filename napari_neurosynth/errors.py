@@ -1,0 +1,14 @@
+"""The one exception type that users see as a message rather than a traceback."""
+
+
+class NeurosynthError(ValueError):
+    """A problem with the user's input or environment, phrased for the user.
+
+    The CLI prints ``str(error)`` on one line and exits with status 2; the napari
+    widgets show it as a notification. Raise it (or a subclass) wherever bad input
+    is detected, with a message that says what is wrong and what to do instead.
+    """
+
+
+class CancelledError(NeurosynthError):
+    """Raised when a long-running job was cancelled by the user."""

@@ -1,0 +1,507 @@
+"""The *Reader Study* dock widget: blinded, randomized MOS capture in napari.
+
+The rater types an id, picks a study file (and optionally the ratings database)
+and presses *Start / resume*. Images are shown one at a time, each beside the
+case's reference images if the study has any. With a blinded study the image
+layer is called ``"Image"`` and the references ``"Reference 1"``, ...: no model,
+condition, case or file name appears in layer names, layer metadata, layer
+source, the window title or the widget; intensities are rescaled by the same
+percentile window for every condition, so value ranges do not give the source
+away either.
+
+Keys (while the napari window is active, whether the canvas or the widget has
+focus; typing in a text field is left alone): ``1``-``5`` choose the MOS,
+``Enter`` saves and moves to the next image. Every saved rating is written to
+disk before the widget confirms it; a failed save keeps the choice on screen.
+
+All study logic lives in :mod:`napari_neurosynth.study` (no Qt); this module
+only shows things and forwards clicks.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QKeySequence
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QShortcut,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_neurosynth.errors import NeurosynthError
+
+__all__ = ["ReaderStudyWidget", "display_window", "prepare_display"]
+
+log = logging.getLogger(__name__)
+
+_SUBSCORE_LABELS = {
+    "realism": "Realism",
+    "anatomical_correctness": "Anatomical correctness",
+    "lesion_conspicuity": "Lesion conspicuity",
+    "diagnostic_usability": "Diagnostic usability",
+}
+
+
+def display_window(data: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """Intensity window from percentiles of the non-zero finite voxels (the head).
+
+    The same rule is applied to every condition so that no image stands out by
+    its windowing alone.
+    """
+    values = data[np.isfinite(data)]
+    nonzero = values[values != 0]
+    if nonzero.size:
+        values = nonzero
+    if not values.size:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    if high <= low:
+        high = low + 1.0
+    return low, high
+
+
+def prepare_display(data: np.ndarray, percentiles: tuple[float, float], blinded: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """Array and contrast limits to show.
+
+    Blinded: the volume rescaled so its window maps to [0, 1] (float32, NaN -> 0),
+    so the values under the cursor and the contrast-limit slider look alike for
+    every condition. Unblinded: the original values with the window as limits.
+    """
+    data = np.asarray(data)
+    low, high = display_window(data, percentiles)
+    if not blinded:
+        return data, (low, high)
+    shown = (np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0) - low) / (high - low)
+    return shown.astype(np.float32), (0.0, 1.0)
+
+
+def _load_item(paths: tuple[Path, dict[str, Path]], percentiles, blinded: bool) -> dict[str, Any]:
+    """Read and prepare the image and references of one item (runs in a worker thread)."""
+    from napari_neurosynth.io import read_volume
+
+    path, refs = paths
+    out: dict[str, Any] = {"refs": []}
+    with warnings.catch_warnings(record=True) as caught:  # warnings name files: log, do not show
+        warnings.simplefilter("always")
+        volume = read_volume(path)
+        out["image"] = (*prepare_display(volume.data, percentiles, blinded), volume.affine)
+        for name, ref_path in refs.items():
+            ref = read_volume(ref_path)
+            out["refs"].append((name, *prepare_display(ref.data, percentiles, False), ref.affine))
+    for w in caught:
+        log.warning("reader study: %s", w.message)
+    return out
+
+
+class ReaderStudyWidget(QWidget):
+    """Dock widget that runs a reader study for one rater.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+
+    Examples
+    --------
+    >>> widget = ReaderStudyWidget(viewer)  # doctest: +SKIP
+    >>> widget.rater_edit.setText("dr-a"); widget.study_edit.setText("study.yaml")  # doctest: +SKIP
+    >>> widget.start()  # doctest: +SKIP
+    >>> widget.choose_score(4); widget.save_and_next()  # doctest: +SKIP
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = None
+        self.store = None
+        self.loaded = False  # the current item's image is on screen
+        self._layers: list = []
+        self._load_token = 0
+        self._worker = None
+
+        # -- set-up ------------------------------------------------------------------
+        setup = QGroupBox("Study")
+        form = QFormLayout(setup)
+        self.rater_edit = QLineEdit()
+        self.rater_edit.setPlaceholderText("e.g. reader-01")
+        form.addRow("Rater ID", self.rater_edit)
+        self.study_edit = QLineEdit()
+        self.study_edit.setPlaceholderText("study.yaml")
+        study_browse = QPushButton("Browse…")
+        study_browse.clicked.connect(self._browse_study)
+        form.addRow("Study file", self._row(self.study_edit, study_browse))
+        self.db_edit = QLineEdit()
+        from napari_neurosynth.ratings import default_db_path
+
+        self.db_edit.setPlaceholderText(str(default_db_path()))
+        db_browse = QPushButton("Browse…")
+        db_browse.clicked.connect(self._browse_db)
+        form.addRow("Ratings file", self._row(self.db_edit, db_browse))
+        self.start_button = QPushButton("Start / resume")
+        self.start_button.clicked.connect(self.start)
+        form.addRow(self.start_button)
+
+        # -- rating ------------------------------------------------------------------
+        self.rating_box = QGroupBox("Rating")
+        rating = QVBoxLayout(self.rating_box)
+        self.progress_label = QLabel("")
+        self.item_label = QLabel("")
+        rating.addWidget(self.progress_label)
+        rating.addWidget(self.item_label)
+        rating.addWidget(QLabel("Overall quality (MOS): 1 bad, 2 poor, 3 fair, 4 good, 5 excellent"))
+        self.score_group, score_row = self._likert_row()
+        self.score_buttons = self.score_group.buttons()
+        rating.addWidget(score_row)
+
+        self.subscore_groups: dict[str, QButtonGroup] = {}
+        self.subscore_box = QWidget()
+        self.subscore_layout = QFormLayout(self.subscore_box)
+        self.subscore_layout.setContentsMargins(0, 0, 0, 0)
+        rating.addWidget(self.subscore_box)
+
+        self.turing_box = QWidget()
+        turing = QFormLayout(self.turing_box)
+        turing.setContentsMargins(0, 0, 0, 0)
+        self.turing_group = QButtonGroup(self)
+        self.real_button = QPushButton("Real")
+        self.synthetic_button = QPushButton("Synthetic")
+        for button in (self.real_button, self.synthetic_button):
+            button.setCheckable(True)
+            button.setFocusPolicy(Qt.NoFocus)
+            self.turing_group.addButton(button)
+        turing.addRow("Acquired or synthesized?", self._row(self.real_button, self.synthetic_button))
+        self.confidence_group, confidence_row = self._likert_row()
+        turing.addRow("Confidence (1 guess, 5 certain)", confidence_row)
+        rating.addWidget(self.turing_box)
+
+        self.comment_edit = QLineEdit()
+        self.comment_edit.setPlaceholderText("comment (optional)")
+        rating.addWidget(self.comment_edit)
+        self.previous_button = QPushButton("◀ Previous")
+        self.previous_button.clicked.connect(self.previous)
+        self.next_button = QPushButton("Save && next ▶ (Enter)")
+        self.next_button.clicked.connect(self.save_and_next)
+        rating.addWidget(self._row(self.previous_button, self.next_button))
+        self.rating_box.setEnabled(False)
+        self.subscore_box.hide()
+        self.turing_box.hide()
+
+        self.status_label = QLabel("Enter your rater ID and a study file, then press Start / resume.")
+        self.status_label.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(setup)
+        layout.addWidget(self.rating_box)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        # Window-wide shortcuts: they fire whether the canvas or this widget has
+        # focus; a QLineEdit with focus takes printable keys itself (Qt's
+        # ShortcutOverride), so typing a rater id or comment is not a rating.
+        self._shortcuts = []
+        for score in range(1, 6):
+            self._add_shortcut(str(score), lambda s=score: self._key_score(s))
+        for key in ("Return", "Enter"):
+            self._add_shortcut(key, self._key_next)
+
+    # -- small builders ------------------------------------------------------------
+    @staticmethod
+    def _row(*widgets) -> QWidget:
+        row = QWidget()
+        layout = QHBoxLayout(row)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for w in widgets:
+            layout.addWidget(w)
+        return row
+
+    def _likert_row(self) -> tuple[QButtonGroup, QWidget]:
+        group = QButtonGroup(self)
+        buttons = []
+        for value in range(1, 6):
+            button = QPushButton(str(value))
+            button.setCheckable(True)
+            button.setFocusPolicy(Qt.NoFocus)  # keep keyboard focus where the rater put it
+            button.setMinimumWidth(28)
+            group.addButton(button, value)
+            buttons.append(button)
+        return group, self._row(*buttons)
+
+    def _add_shortcut(self, key: str, slot) -> None:
+        shortcut = QShortcut(QKeySequence(key), self)
+        shortcut.setContext(Qt.WindowShortcut)
+        shortcut.activated.connect(slot)
+        self._shortcuts.append(shortcut)
+
+    # -- file choosers ---------------------------------------------------------------
+    def _browse_study(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Study file", "", "Study (*.yaml *.yml *.json)")
+        if path:
+            self.study_edit.setText(path)
+
+    def _browse_db(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Ratings file", "", "SQLite (*.sqlite *.db)", options=QFileDialog.DontConfirmOverwrite
+        )
+        if path:
+            self.db_edit.setText(path)
+
+    # -- messages ---------------------------------------------------------------------
+    def _status(self, text: str, error: bool = False) -> None:
+        self.status_label.setText(text)
+        self.status_label.setStyleSheet("color: #e05555;" if error else "")
+
+    def _fail(self, message: str) -> None:
+        self._status(message, error=True)
+        show_error(message)
+
+    # -- session ------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Open the study and the ratings file and start or resume this rater's session."""
+        from napari_neurosynth.ratings import RatingStore
+        from napari_neurosynth.study import ReaderSession, load_study
+
+        rater = self.rater_edit.text().strip()
+        study_path = self.study_edit.text().strip()
+        try:
+            if not rater:
+                raise NeurosynthError("enter your rater ID first")
+            if not study_path:
+                raise NeurosynthError("choose a study file first")
+            study = load_study(study_path)
+            db_text = self.db_edit.text().strip()
+            store = RatingStore(db_text or None)
+            try:
+                session = ReaderSession(study, rater, store)
+            except BaseException:
+                store.close()
+                raise
+        except NeurosynthError as exc:
+            self._fail(str(exc))
+            return False
+        self.stop()
+        self.store, self.session = store, session
+        self._build_questions()
+        self.rating_box.setEnabled(True)
+        done, total = session.progress
+        verb = "Resumed" if session.resumed else "Started"
+        self._status(f"{verb} study for {rater}: image {session.position + 1} of {total}, {done} rated.")
+        self._show_current()
+        return True
+
+    def stop(self) -> None:
+        """End the session: remove the study's layers and close the ratings file."""
+        self._load_token += 1
+        self._remove_layers()
+        if self.store is not None:
+            self.store.close()
+        self.store = self.session = None
+        self.loaded = False
+        self.rating_box.setEnabled(False)
+        self.progress_label.setText("")
+        self.item_label.setText("")
+
+    def _build_questions(self) -> None:
+        study = self.session.study
+        while self.subscore_layout.rowCount():
+            self.subscore_layout.removeRow(0)
+        self.subscore_groups = {}
+        for name in study.subscores:
+            group, row = self._likert_row()
+            self.subscore_groups[name] = group
+            self.subscore_layout.addRow(_SUBSCORE_LABELS.get(name, name), row)
+        self.subscore_box.setVisible(bool(study.subscores))
+        self.turing_box.setVisible(study.turing)
+
+    # -- showing an item -------------------------------------------------------------------
+    def _show_current(self) -> None:
+        session = self.session
+        study = session.study
+        done, total = session.progress
+        self.progress_label.setText(f"Image {session.position + 1} of {total} · {done}/{total} rated")
+        if study.blinded:
+            self.item_label.setText("")
+        else:
+            case_id, condition = session.current
+            self.item_label.setText(f"Case {case_id} · {condition}")
+        self._restore_answers(session.rating_for())
+        self.previous_button.setEnabled(session.position > 0)
+        self.loaded = False
+        self._load_token += 1
+        token = self._load_token
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_load_item, session.paths(), study.window, study.blinded)
+        worker.returned.connect(lambda result, t=token: self._on_loaded(result, t))
+        worker.errored.connect(lambda exc, t=token: self._on_load_error(exc, t))
+        self._worker = worker
+        worker.start()
+
+    def _on_loaded(self, result: dict[str, Any], token: int) -> None:
+        if token != self._load_token or self.session is None:
+            return  # the rater moved on before this item finished loading
+        blinded = self.session.study.blinded
+        self._remove_layers()
+        for i, (name, data, limits, affine) in enumerate(result["refs"]):
+            label = name if not blinded else f"Reference {i + 1}" if not name.strip() else f"Reference: {name}"
+            self._layers.append(self._add_image(data, limits, affine, label))
+        data, limits, affine = result["image"]
+        self._layers.append(self._add_image(data, limits, affine, "Image"))
+        if len(self._layers) > 1:
+            self.viewer.grid.enabled = True
+        self.viewer.layers.selection.active = self._layers[-1]
+        self.viewer.reset_view()
+        self.loaded = True
+
+    def _add_image(self, data, limits, affine, name):
+        return self.viewer.add_image(
+            data,
+            affine=affine,
+            name=name,
+            metadata={},
+            colormap="gray",
+            contrast_limits=list(limits),
+            gamma=1.0,
+            blending="translucent",
+        )
+
+    def _on_load_error(self, exc: BaseException, token: int) -> None:
+        if token != self._load_token or self.session is None:
+            return
+        log.error("reader study: cannot load item %s", self.session.current, exc_info=exc)
+        if self.session.study.blinded:
+            # The error text names the file, which would unblind the rater.
+            self._fail(
+                f"Image {self.session.position + 1} could not be loaded; tell the study coordinator "
+                "(details are in the log). You can go on with the next image."
+            )
+        else:
+            self._fail(f"Image {self.session.position + 1} could not be loaded: {exc}")
+
+    def _remove_layers(self) -> None:
+        for layer in self._layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self._layers = []
+
+    # -- answers -----------------------------------------------------------------------------
+    @staticmethod
+    def _set_group(group: QButtonGroup, value) -> None:
+        group.setExclusive(False)  # an exclusive group cannot be cleared otherwise
+        for button in group.buttons():
+            button.setChecked(value is not None and group.id(button) == value)
+        group.setExclusive(True)
+
+    def _restore_answers(self, row: dict | None) -> None:
+        row = row or {}
+        self._set_group(self.score_group, row.get("score"))
+        for name, group in self.subscore_groups.items():
+            self._set_group(group, row.get(name))
+        choice = row.get("turing_choice")
+        self.turing_group.setExclusive(False)
+        self.real_button.setChecked(choice == "real")
+        self.synthetic_button.setChecked(choice == "synthetic")
+        self.turing_group.setExclusive(True)
+        self._set_group(self.confidence_group, row.get("turing_confidence"))
+        self.comment_edit.setText(row.get("comment") or "")
+
+    def choose_score(self, score: int) -> None:
+        """Select the MOS (as a click on its button would)."""
+        self.score_group.button(int(score)).setChecked(True)
+
+    def answers(self) -> dict[str, Any]:
+        """The answers on screen, as keyword arguments of ``ReaderSession.rate``."""
+        out: dict[str, Any] = {}
+        score = self.score_group.checkedId()
+        out["score"] = score if score > 0 else None
+        for name, group in self.subscore_groups.items():
+            value = group.checkedId()
+            out[name] = value if value > 0 else None
+        if self.session is not None and self.session.study.turing:
+            out["turing_choice"] = "real" if self.real_button.isChecked() else "synthetic" if self.synthetic_button.isChecked() else None
+            value = self.confidence_group.checkedId()
+            out["turing_confidence"] = value if value > 0 else None
+        out["comment"] = self.comment_edit.text().strip() or None
+        return out
+
+    # -- actions -----------------------------------------------------------------------------
+    def _key_score(self, score: int) -> None:
+        if self.session is not None and self.rating_box.isEnabled():
+            self.choose_score(score)
+
+    def _key_next(self) -> None:
+        if self.session is not None:
+            self.save_and_next()
+
+    def save(self) -> int | None:
+        """Record the answers on screen; return the row id, or ``None`` if nothing was saved."""
+        session = self.session
+        if session is None:
+            return None
+        answers = self.answers()
+        score = answers.pop("score")
+        if score is None:
+            self._status("Choose a score from 1 to 5 first (click or press 1-5).", error=True)
+            return None
+        if not self.loaded:
+            self._status("Wait for the image to appear before rating it.", error=True)
+            return None
+        missing = [_SUBSCORE_LABELS[k].lower() for k in session.study.subscores if answers.get(k) is None]
+        if session.study.turing and (answers.get("turing_choice") is None or answers.get("turing_confidence") is None):
+            missing.append("real-or-synthetic choice and its confidence")
+        if missing:
+            self._status(f"Answer {', '.join(missing)} too.", error=True)
+            return None
+        try:
+            row = session.rate(score, **answers)
+        except NeurosynthError as exc:
+            self._fail(f"Not saved: {exc}. Your answers are still on screen; try again.")
+            return None
+        done, total = session.progress
+        self.progress_label.setText(f"Image {session.position + 1} of {total} · {done}/{total} rated")
+        self._status(f"Saved: image {session.position + 1}, score {score}.")
+        return row
+
+    def save_and_next(self) -> int | None:
+        """Record the answers and, once they are on disk, show the next image."""
+        row = self.save()
+        if row is None:
+            return None
+        session = self.session
+        if session.at_end:
+            upcoming = session.first_unrated()
+            if upcoming is None:
+                self._status(f"All {len(session.items)} images rated. Thank you!")
+                show_info("Reader study complete: all images rated.")
+                return row
+            self._go(upcoming)
+            self._status(f"Saved. Image {upcoming + 1} is still unrated; showing it.")
+            return row
+        self._go(session.position + 1)
+        return row
+
+    def previous(self) -> None:
+        """Show the previous image (its saved answers are restored)."""
+        if self.session is not None and self.session.position > 0:
+            self._go(self.session.position - 1)
+
+    def _go(self, position: int) -> None:
+        try:
+            self.session.go_to(position)
+        except NeurosynthError as exc:
+            self._fail(str(exc))
+            return
+        self._show_current()

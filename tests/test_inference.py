@@ -1,0 +1,411 @@
+"""The inference engine against the naive per-slice loop, on 3 mm phantoms and real (small) bundles.
+
+Random-init networks are enough for the engine's contracts (equality with the
+reference loop, geometry, progress, cancellation, out-of-memory fallback, bad
+input); the shipped ``t1_to_t2`` bundle is checked for quality when present.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_neurosynth.bundle import Model, load_model, save_bundle
+from napari_neurosynth.errors import CancelledError, NeurosynthError
+from napari_neurosynth.inference import (
+    reference_synthesize,
+    resolve_device,
+    resolve_precision,
+    synthesize,
+    synthesize_volume,
+)
+from napari_neurosynth.io import Volume, read_volume, same_grid, write_volume
+from napari_neurosynth.networks import build_network
+from napari_neurosynth.preprocessing import intensity_scale
+
+#: bf16 autocast vs fp32, max |difference| inside the brain for the small test networks
+#: (normalised units; their outputs span ~3 units). Measured ~0.04-0.13; see docs/performance.md.
+BF16_TOL = 0.25
+
+
+def _bundle(tmp_path, name="rnd", arch="resnet", inputs=("t1",), output="t2", context=1, task="cms", **args):
+    torch.manual_seed(0)
+    per = 2 * context + 1
+    if arch == "resnet":
+        net = build_network("resnet", in_channels=len(inputs) * per, base=4, n_blocks=1, **args)
+    elif arch == "unet":
+        net = build_network("unet", in_channels=len(inputs) * per, base=4, depth=2, **args)
+    elif arch == "fusion":
+        net = build_network("fusion", n_inputs=len(inputs), channels_per_input=per, base=4, n_blocks=1)
+    else:
+        net = build_network("mcsr", source_channels=per, lowres_channels=per, base=4, n_blocks=2)
+    card = {"name": name, "task": task, "inputs": list(inputs), "output": output,
+            "slicing": {"plane": "axial", "context": context}}
+    return load_model(save_bundle(net, card, tmp_path / name))
+
+
+@pytest.fixture(scope="module")
+def t1(phantom3):
+    return phantom3["t1"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return _bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def _padded(vol: Volume, p: int) -> Volume:
+    """``vol`` inside a larger in-plane field of view (zeros around it), same world position."""
+    data = np.pad(vol.data, ((p, p), (p, p), (0, 0)))
+    affine = vol.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.array([p, p, 0])
+    return Volume(data, affine, dict(vol.metadata))
+
+
+# --------------------------------------------------------------------------- equality with the naive loop
+
+
+@pytest.mark.parametrize("arch", ["resnet", "unet"])
+def test_engine_fp32_equals_naive_loop(tmp_path, t1, arch):
+    m = _bundle(tmp_path, arch=arch)
+    ref = reference_synthesize(m, t1)
+    out = synthesize(m, t1, device="cpu", crop=False, batch_size=4)
+    assert out.shape == t1.shape and out.dtype == np.float32
+    assert np.abs(out - ref).max() < 1e-4
+    assert np.abs(ref).max() > 1e-2  # the comparison is not between two zero images
+
+
+def test_multi_input_fusion_equals_naive_loop(tmp_path, phantom3):
+    m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
+    inputs = [phantom3["t1"], phantom3["t2"]]
+    ref = reference_synthesize(m, inputs)
+    out = synthesize(m, inputs, device="cpu", crop=False)
+    assert np.abs(out - ref).max() < 1e-4
+
+
+def test_crop_is_independent_of_the_field_of_view(model, t1):
+    """With crop=True the network sees the head's box, so extra empty field of view changes nothing.
+
+    (Instance-normalised networks run on whole slices give results that depend on how
+    much background the scan has; see docs/performance.md.)
+    """
+    a, b = _padded(t1, 20), _padded(t1, 32)
+    out_a = synthesize(model, a, device="cpu")
+    out_b = synthesize(model, b, device="cpu")
+    inner_b = out_b[12:-12, 12:-12]
+    assert np.abs(out_a - inner_b).max() < 1e-4
+    # and the cropped run skips background: the border of the padded volume is exactly 0
+    assert np.all(out_b[:5] == 0) and np.all(out_b[:, -5:] == 0)
+    # inside the head it still synthesizes (not a blank)
+    brain = np.pad(np.asarray(t1.data) > 0, ((20, 20), (20, 20), (0, 0)))
+    assert np.abs(out_a[brain]).mean() > 1e-2
+
+
+def test_bf16_autocast_within_documented_tolerance(model, t1, phantom3):
+    ref = synthesize(model, t1, device="cpu", crop=False)
+    out = synthesize(model, t1, device="cpu", crop=False, precision="bf16")
+    brain = phantom3["brain_mask"].data > 0
+    assert np.abs(out - ref)[brain].max() < BF16_TOL
+    assert out.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_output_on_first_input_grid_with_provenance(model, t1):
+    vol = synthesize_volume(model, t1, device="cpu")
+    assert same_grid(vol, t1)
+    info = vol.metadata["inference"]
+    assert vol.metadata["modality"] == "t2" and vol.metadata["model"] == "rnd"
+    assert info["device"] == "cpu" and info["precision"] == "fp32" and info["seconds"] > 0
+    assert info["slices_computed"] <= info["slices_total"] == t1.shape[2]
+
+
+def test_slicing_axis_follows_the_affine(model, t1):
+    """The same head stored in another axis order gives the same synthesis, axis-permuted."""
+    out = synthesize(model, t1, device="cpu", crop=False)
+    perm = (2, 0, 1)  # axial axis first, as DICOM-ordered volumes often are
+    data = np.ascontiguousarray(np.transpose(t1.data, perm))
+    affine = t1.affine.copy()
+    affine[:, :3] = t1.affine[:, list(perm)]
+    out_p = synthesize(model, Volume(data, affine), device="cpu", crop=False)
+    assert np.abs(out_p - np.transpose(out, perm)).max() < 1e-4
+
+
+def test_mcsr_lowres_input_is_resampled_automatically(tmp_path, phantom3):
+    m = _bundle(tmp_path, arch="mcsr", inputs=("t1", "t2_lowres"), task="mcsr", context=0)
+    low = phantom3["t2_lowres"]
+    assert not same_grid(low, phantom3["t1"])
+    vol = synthesize_volume(m, [phantom3["t1"], low], device="cpu")
+    assert vol.shape == phantom3["t1"].shape and np.isfinite(vol.data).all()
+    assert vol.metadata["inference"]["resampled_inputs"] == [1]
+
+
+def test_mismatched_grid_is_refused_then_resampled_on_request(tmp_path, phantom3):
+    m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
+    moved = _padded(phantom3["t2"], 4)
+    with pytest.raises(NeurosynthError, match="different grid.*resample"):
+        synthesize(m, [phantom3["t1"], moved], device="cpu")
+    out = synthesize(m, [phantom3["t1"], moved], device="cpu", resample=True)
+    direct = synthesize(m, [phantom3["t1"], phantom3["t2"]], device="cpu")
+    assert out.shape == phantom3["t1"].shape
+    # the padded T2 resampled back onto T1's grid is the same image: same synthesis
+    assert np.abs(out - direct).max() < 1e-3
+
+
+# --------------------------------------------------------------------------- progress and cancellation
+
+
+def test_progress_is_monotonic_and_ends_at_one(model, t1):
+    seen = []
+    synthesize(model, t1, device="cpu", progress=seen.append, batch_size=3)
+    assert seen[0] == 0.0 and seen[-1] == 1.0
+    assert all(b >= a for a, b in zip(seen, seen[1:]))
+    assert len(seen) > 5  # reported per batch, not only at the end
+
+
+def test_cancel_from_another_thread_stops_within_one_batch(model, t1):
+    cancel = threading.Event()
+    first_batch = threading.Event()
+    cancel_sent = threading.Event()
+    seen = []
+
+    def progress(f):
+        seen.append(f)
+        if f > 0:
+            first_batch.set()
+            cancel_sent.wait(10)  # let the other thread act before the next batch starts
+
+    def canceller():
+        first_batch.wait(30)
+        cancel.set()
+        cancel_sent.set()
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    with pytest.raises(CancelledError, match="cancelled after 2 of"):
+        synthesize(model, t1, device="cpu", progress=progress, cancel=cancel, batch_size=2)
+    thread.join()
+    assert seen == [0.0, pytest.approx(seen[1])] and seen[1] < 0.1
+
+
+def test_cancel_accepts_a_callable(model, t1):
+    with pytest.raises(CancelledError):
+        synthesize(model, t1, device="cpu", cancel=lambda: True)
+
+
+# --------------------------------------------------------------------------- out of memory
+
+
+class _OOMAbove(nn.Module):
+    """Test double of a device with little memory: raises torch's OOM error for batches above ``limit``."""
+
+    def __init__(self, net: nn.Module, limit: int):
+        super().__init__()
+        self.net, self.limit = net, limit
+        self.size_divisor = net.size_divisor
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} slices")
+        self.batches.append(x.shape[0])
+        return self.net(x)
+
+
+def test_out_of_memory_halves_the_batch_and_still_matches(model, t1):
+    wrapped = Model(model.card, _OOMAbove(model.network, limit=3), model.path, model.name)
+    vol = synthesize_volume(wrapped, t1, device="cpu", batch_size=16, crop=False)
+    info = vol.metadata["inference"]
+    assert info["oom_retries"] == 3 and info["batch_size"] == 2  # 16 -> 8 -> 4 -> 2
+    ref = reference_synthesize(model, t1)
+    assert np.abs(vol.data - ref).max() < 1e-4
+
+
+def test_out_of_memory_with_one_slice_is_a_clear_error(model, t1):
+    wrapped = Model(model.card, _OOMAbove(model.network, limit=0), model.path, model.name)
+    with pytest.raises(NeurosynthError, match="out of memory.*one slice"):
+        synthesize(wrapped, t1, device="cpu")
+
+
+def test_memory_budget_sets_the_batch_size(model, t1):
+    small = synthesize_volume(model, t1, device="cpu", memory_budget=1)
+    large = synthesize_volume(model, t1, device="cpu", memory_budget=2**33)
+    assert small.metadata["inference"]["batch_size"] == 1
+    assert large.metadata["inference"]["batch_size"] > 1
+    assert np.abs(small.data - large.data).max() < 1e-4
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda v: v.data[:, :, 10], r"2-D .*3-D volume"),
+        (lambda v: np.stack([v.data, v.data], -1), r"4-D .*one volume"),
+        (lambda v: np.where(np.arange(v.data.size).reshape(v.shape) == 7, np.nan, v.data), r"1 NaN/Inf"),
+        (lambda v: np.where(np.arange(v.data.size).reshape(v.shape) < 3, np.inf, v.data), r"3 NaN/Inf"),
+        (lambda v: np.zeros(v.shape, np.float32), r"input 1 \(t1\).*empty"),
+        (lambda v: np.full(v.shape, 1j), r"real-valued"),
+    ],
+    ids=["2d", "4d", "nan", "inf", "empty", "complex"],
+)
+def test_bad_input_gives_its_message(model, t1, make, message):
+    with pytest.raises(NeurosynthError, match=message):
+        synthesize(model, make(t1), device="cpu")
+
+
+def test_wrong_number_of_inputs(model, t1):
+    with pytest.raises(NeurosynthError, match=r"takes 1 input\(s\) \(t1.*but 2 were given"):
+        synthesize(model, [t1, t1], device="cpu")
+
+
+def test_input_marked_with_another_modality(model, phantom3):
+    flair = phantom3["flair"].with_data(phantom3["flair"].data, modality="flair")
+    with pytest.raises(NeurosynthError, match="marked as 'flair'.*expects t1"):
+        synthesize(model, flair, device="cpu")
+
+
+def test_bare_array_on_another_grid(tmp_path, phantom3):
+    m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
+    with pytest.raises(NeurosynthError, match="bare array .*pass it as a Volume"):
+        synthesize(m, [phantom3["t1"], phantom3["t2"].data[:-2]], device="cpu", resample=True)
+
+
+def test_device_and_precision_choices():
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(NeurosynthError, match="CUDA was requested"):
+            resolve_device("cuda")
+    with pytest.raises(NeurosynthError, match="unknown device"):
+        resolve_device("tpu9")
+    with pytest.raises(NeurosynthError, match="unknown precision"):
+        resolve_precision("int3", torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- 3-D patch models
+
+
+class _Tiny3D(nn.Sequential):
+    """A real 3-D convolutional network (the engine dispatches on ``spatial_dims``)."""
+
+    spatial_dims = 3
+    size_divisor = 1
+
+    def __init__(self):
+        torch.manual_seed(0)
+        super().__init__(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 1, 1))
+
+
+def test_3d_sliding_window_matches_whole_volume_and_reports(t1, tmp_path):
+    net = _Tiny3D().eval()
+    card = {"name": "tiny3d", "task": "cms", "inputs": ["t1"], "output": "t2",
+            "normalization": {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1},
+            "slicing": {"plane": "axial", "context": 0, "patch_size": [32, 32, 32], "overlap": 0.25}}
+    m = Model(card, net, tmp_path, "tiny3d")
+    seen = []
+    out = synthesize(m, t1, device="cpu", progress=seen.append)
+    x = torch.from_numpy(t1.data / np.float32(intensity_scale(t1.data, card["normalization"])))
+    with torch.no_grad():
+        whole = net(x[None, None].float())[0, 0].numpy()
+    inner = (slice(2, -2),) * 3  # window borders see zero padding; compare away from the volume edge
+    assert np.abs(out - whole)[inner].max() < 0.05 * np.abs(whole).max()
+    assert seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:]))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _write_subjects(root, phantom3, n=2):
+    for i in range(n):
+        d = root / f"sub{i}"
+        d.mkdir(parents=True)
+        write_volume(phantom3["t1"], d / f"sub{i}_t1.nii.gz")
+    return root
+
+
+def test_cli_single_subject(tmp_path, phantom3, model):
+    from napari_neurosynth.cli import main
+
+    write_volume(phantom3["t1"], tmp_path / "t1.nii.gz")
+    rc = main(["synthesize", str(tmp_path / "t1.nii.gz"), "--model", str(model.path), "-o",
+               str(tmp_path / "out.nii.gz"), "--device", "cpu", "-q"])
+    assert rc == 0
+    out = read_volume(tmp_path / "out.nii.gz")
+    assert same_grid(out, phantom3["t1"])
+    assert np.abs(out.data - synthesize(model, read_volume(tmp_path / "t1.nii.gz"), device="cpu")).max() < 1e-4
+
+
+def test_cli_batch_folder_carries_on_past_a_bad_subject(tmp_path, phantom3, model, capsys):
+    from napari_neurosynth.cli import main
+
+    data = _write_subjects(tmp_path / "data", phantom3)
+    (data / "sub9").mkdir()
+    (data / "sub9" / "sub9_t1.nii.gz").write_bytes(b"not a nifti" * 20)  # corrupt
+    (data / "sub8").mkdir()
+    write_volume(phantom3["t1"].with_data(np.zeros(phantom3["t1"].shape, np.float32)), data / "sub8" / "sub8_t1.nii.gz")
+    rc = main(["synthesize", "--batch", str(data), "--model", str(model.path), "-o", str(tmp_path / "out"), "-q"])
+    assert rc == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sub0_t2_synth.nii.gz", "sub1_t2_synth.nii.gz"]
+    err = capsys.readouterr().err
+    assert "2 subject(s) failed" in err and "sub9: cannot read" in err and "sub8: input 1 (t1)" in err
+
+
+def test_cli_batch_glob_and_csv(tmp_path, phantom3, model):
+    from napari_neurosynth.cli import main
+
+    data = _write_subjects(tmp_path / "data", phantom3)
+    rc = main(["synthesize", "--batch", str(data / "*" / "*_t1.nii.gz"), "--model", str(model.path),
+               "-o", str(tmp_path / "g"), "-q"])
+    assert rc == 0 and len(list((tmp_path / "g").iterdir())) == 2
+    (tmp_path / "list.csv").write_text("subject,t1\nalpha,data/sub0/sub0_t1.nii.gz\nbeta,data/missing_t1.nii.gz\n")
+    rc = main(["synthesize", "--batch", str(tmp_path / "list.csv"), "--model", str(model.path),
+               "-o", str(tmp_path / "c"), "-q"])
+    assert rc == 1 and [p.name for p in (tmp_path / "c").iterdir()] == ["alpha_t2_synth.nii.gz"]
+
+
+def test_cli_usage_errors_exit_2(tmp_path, model, capsys):
+    from napari_neurosynth.cli import main
+
+    assert main(["synthesize", "--model", str(model.path), "-o", str(tmp_path / "x.nii.gz")]) == 2
+    assert "either INPUT files" in capsys.readouterr().err
+    assert main(["synthesize", "--batch", str(tmp_path / "nothing.csv"), "--model", str(model.path),
+                 "-o", str(tmp_path)]) == 2
+
+
+# --------------------------------------------------------------------------- GPU and the shipped model
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixed_precision_close_to_cpu_and_oom_budget(model, t1, phantom3):
+    ref = synthesize(model, t1, device="cpu", crop=False)
+    vol = synthesize_volume(model, t1, device="cuda", crop=False)
+    brain = phantom3["brain_mask"].data > 0
+    assert vol.metadata["inference"]["precision"] in ("bf16", "fp16")
+    assert np.abs(vol.data - ref)[brain].max() < BF16_TOL
+    fp32 = synthesize(model, t1, device="cuda", crop=False, precision="fp32")
+    assert np.abs(fp32 - ref).max() < 1e-3
+    small = synthesize_volume(model, t1, device="cuda", memory_budget=1)
+    assert small.metadata["inference"]["batch_size"] == 1
+
+
+def test_shipped_t1_to_t2_beats_the_input_baseline(phantom3):
+    from napari_neurosynth.bundle import list_models
+    from napari_neurosynth.metrics import psnr
+    from napari_neurosynth.preprocessing import intensity_scale
+
+    if "t1_to_t2" not in list_models():
+        pytest.skip("shipped t1_to_t2 bundle not trained yet")
+    m = load_model("t1_to_t2")
+    out = synthesize(m, phantom3["t1"], device="cpu")
+    spec = m.card.get("normalization")
+    t2 = phantom3["t2"].data / intensity_scale(phantom3["t2"].data, spec)
+    t1n = phantom3["t1"].data / intensity_scale(phantom3["t1"].data, spec)
+    brain = phantom3["brain_mask"].data > 0
+    assert psnr(out, t2, brain) > psnr(t1n, t2, brain) + 3.0

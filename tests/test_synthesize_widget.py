@@ -1,0 +1,191 @@
+"""The Synthesize dock widget, end to end on a 3 mm phantom with a real (tiny) bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_neurosynth.bundle import load_model, save_bundle
+from napari_neurosynth.inference import synthesize
+from napari_neurosynth.io import Volume
+from napari_neurosynth.networks import build_network
+from napari_neurosynth.viewer.layers import layer_to_volume, volume_to_layer_data
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def models_dir(tmp_path_factory, monkeypatch):
+    """Two small bundles (random weights; the widget's job is plumbing, not quality)."""
+    import torch
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    net = build_network("resnet", in_channels=3, base=4, n_blocks=1)
+    save_bundle(net, {
+        "name": "tiny_t1_to_t2", "task": "cms", "inputs": ["t1"], "output": "t2",
+        "slicing": {"plane": "axial", "context": 1},
+        "training": {"data": "napari-neurosynth phantom (seeds 0-3)", "phantom_only": True},
+        "metrics": {"held_out": {"psnr": 21.5, "ssim": 0.81}, "baselines": {"identity": {"psnr": 12.0}}},
+    }, root / "tiny_t1_to_t2")
+    fusion = build_network("fusion", n_inputs=2, channels_per_input=1, base=4, n_blocks=1)
+    save_bundle(fusion, {
+        "name": "tiny_fusion", "task": "cms", "inputs": ["t1", "t2"], "output": "flair",
+        "slicing": {"plane": "axial", "context": 0},
+    }, root / "tiny_fusion")
+    monkeypatch.setenv("NEUROSYNTH_MODELS_PATH", str(root))
+    return root
+
+
+def _add(viewer, vol: Volume, name: str, kind: str = "image"):
+    data, kwargs, kind = volume_to_layer_data(vol, name=name, kind=kind)
+    return viewer.add_image(data, **kwargs) if kind == "image" else viewer.add_labels(data, **kwargs)
+
+
+def _wait(qtbot, widget, worker):
+    """Wait until the widget's job has ended (its finished signal may already have fired)."""
+    assert worker is not None, _errors()[-1:]
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=WAIT_MS)
+
+
+def _errors():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+@pytest.fixture
+def widget_viewer(make_napari_viewer, models_dir, phantom3):
+    from napari_neurosynth.viewer.synthesize_widget import SynthesizeWidget
+
+    viewer = make_napari_viewer()
+    # Offset translation and anisotropic-looking affine come from the phantom itself.
+    _add(viewer, phantom3["t1"], "T1")
+    _add(viewer, phantom3["t2"], "T2")
+    widget = SynthesizeWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Synthesize")
+    widget.set_model("tiny_t1_to_t2")
+    return viewer, widget
+
+
+def test_run_adds_layer_on_source_grid(widget_viewer, qtbot, phantom3):
+    viewer, widget = widget_viewer
+    assert widget.input_combos["t1"].layer().name == "T1"  # preselected by name
+    assert widget.target_combo.layer().name == "T2"
+    widget.set_device("cpu")
+    worker = widget.run()
+    assert worker is not None
+    _wait(qtbot, widget, worker)
+    layer = viewer.layers["T2 (synthesized: tiny_t1_to_t2)"]
+    assert layer is widget.result_layer
+    source = viewer.layers["T1"]
+    np.testing.assert_allclose(layer.affine.affine_matrix, source.affine.affine_matrix)
+    np.testing.assert_allclose(layer_to_volume(layer).affine, phantom3["t1"].affine)
+    assert layer.data.shape == phantom3["t1"].shape
+    # The widget's result is the engine's result on the same input.
+    expected = synthesize(load_model("tiny_t1_to_t2"), phantom3["t1"], device="cpu")
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-5)
+    md = layer.metadata
+    assert md["card"]["name"] == "tiny_t1_to_t2"
+    assert md["device"] == "cpu" and md["seconds"] > 0
+    assert md["source_layers"] == ["T1"]
+    lo, hi = layer.contrast_limits
+    assert lo <= np.percentile(layer.data, 50) < hi <= layer.data.max() + 1e-6
+    assert "Added" in widget.status.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_details_panel_and_devices(widget_viewer):
+    import torch
+
+    _, widget = widget_viewer
+    text = widget.details.toPlainText()
+    assert "T1 → T2" in text
+    assert "phantom" in text.lower() and "21.5" in text and "identity" in text
+    assert "tiny_t1_to_t2" in widget.model_combo.itemData(widget.model_combo.currentIndex(), 3)  # tooltip role
+    idx = widget.device_combo.findData("cuda")
+    assert widget.device_combo.model().item(idx).isEnabled() == torch.cuda.is_available()
+    assert widget.device_combo.itemText(0).startswith("Auto (")
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="not available"):
+            widget.set_device("cuda")
+
+
+def test_side_by_side_grid(widget_viewer, qtbot, phantom3):
+    viewer, widget = widget_viewer
+    _add(viewer, phantom3["pd"], "PD")
+    worker = widget.run()
+    _wait(qtbot, widget, worker)
+    widget.side_by_side_check.setChecked(True)
+    assert viewer.grid.enabled
+    visible = [lay.name for lay in viewer.layers if lay.visible]
+    assert visible == ["T1", "T2 (synthesized: tiny_t1_to_t2)", "T2"]
+    assert tuple(viewer.grid.actual_shape(viewer.layers)) == (1, 3)
+    # source | synthesized | acquired, left to right
+    cols = [viewer.grid.position(viewer.layers.index(n), viewer.layers)[1] for n in visible]
+    assert cols == [0, 1, 2]
+    widget.side_by_side_check.setChecked(False)
+    assert not viewer.grid.enabled
+    assert viewer.layers["PD"].visible
+
+
+def test_wrong_choices_notify_and_stay_usable(make_napari_viewer, models_dir, phantom3, qtbot):
+    from napari_neurosynth.viewer.synthesize_widget import SynthesizeWidget
+
+    viewer = make_napari_viewer()
+    widget = SynthesizeWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Synthesize")
+    widget.set_model("tiny_t1_to_t2")
+    # no layer at all
+    n = len(_errors())
+    assert widget.run() is None
+    assert "No image layer" in _errors()[n]
+
+    # two-input model with one image: the count does not fit
+    _add(viewer, phantom3["t1"], "T1")
+    widget.set_model("tiny_fusion")
+    assert list(widget.input_combos) == ["t1", "t2"]
+    n = len(_errors())
+    assert widget.run() is None
+    assert "needs 2 input(s)" in _errors()[n] and "T2" in _errors()[n]
+
+    # same layer for both inputs
+    widget.input_combos["t2"].set_layer("T1")
+    n = len(_errors())
+    assert widget.run() is None
+    assert "more than one input" in _errors()[n]
+
+    # mismatched grids: a T2 that is not on the T1 grid and does not overlap it
+    far = Volume(phantom3["t2"].data, phantom3["t2"].affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    far.affine[:3, 3] += 500.0
+    _add(viewer, far, "T2")
+    widget.input_combos["t2"].set_layer("T2")
+    n = len(_errors())
+    worker = widget.run()
+    if worker is not None:
+        qtbot.waitUntil(lambda: not widget.job.running, timeout=WAIT_MS)
+    assert len(_errors()) > n, "a mismatched grid must be reported"
+    assert not any("synthesized" in lay.name for lay in viewer.layers)
+    assert widget.run_button.isEnabled()
+
+    # and the widget still works afterwards
+    widget.set_model("tiny_t1_to_t2")
+    worker = widget.run()
+    _wait(qtbot, widget, worker)
+    assert "T2 (synthesized: tiny_t1_to_t2)" in viewer.layers
+
+
+def test_cancel_leaves_no_layer(widget_viewer, qtbot):
+    viewer, widget = widget_viewer
+    n_layers = len(viewer.layers)
+    n = len(_errors())
+    worker = widget.run()
+    widget.cancel()  # the engine checks between batches; cancelling at once must still stop it
+    _wait(qtbot, widget, worker)
+    assert len(viewer.layers) == n_layers
+    assert any("cancelled" in m.lower() for m in _errors()[n:])
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    # a fresh run afterwards succeeds
+    worker = widget.run()
+    _wait(qtbot, widget, worker)
+    assert len(viewer.layers) == n_layers + 1
