@@ -25,7 +25,7 @@ Examples
 ...         "slicing": {"plane": "axial", "context": 0}}
 >>> folder = save_bundle(net, card, tempfile.mkdtemp() + "/demo")
 >>> load_model(folder).describe().splitlines()[0]
-'demo: t1 -> t2 (cms, resnet, 8,097 parameters)'
+'demo: t1 -> t2 (task cms, resnet, 8,097 parameters)'
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "REQUIRED_FIELDS",
     "find_models",
+    "is_phantom_only",
     "list_models",
     "load_model",
     "models_search_path",
@@ -245,12 +246,20 @@ def save_bundle(network: nn.Module, card: dict, folder: str | os.PathLike) -> Pa
     return folder
 
 
-def _is_phantom_only(card: dict) -> bool:
+def is_phantom_only(card: dict) -> bool:
+    """Whether a card says its model was trained on the synthetic phantom only.
+
+    True if ``training.phantom_only`` is set, ``trained_on`` is ``"phantom"``, or
+    ``training.data`` mentions the phantom (and ``training.real_data`` is not set).
+    """
     training = card.get("training") or {}
-    if training.get("phantom_only"):
+    if training.get("phantom_only") or card.get("trained_on") == "phantom":
         return True
     data = training.get("data")
     return isinstance(data, str) and "phantom" in data.lower() and not training.get("real_data")
+
+
+_is_phantom_only = is_phantom_only  # the name the Synthesize widget imports
 
 
 def _fmt(value: Any) -> str:
@@ -409,11 +418,12 @@ def _card_file(folder: Path) -> Path | None:
     return None
 
 
-def find_models() -> list[BundleInfo]:
+def find_models(problems: list[tuple[Path, str]] | None = None) -> list[BundleInfo]:
     """All bundles in the search path, first occurrence of each name, sorted by name.
 
-    Folders whose card cannot be read are skipped (``neurosynth models list``
-    still shows valid ones); loading such a bundle by path reports the problem.
+    Only cards are read, not weights. Folders whose card cannot be read are
+    skipped so one broken bundle does not hide the others; pass a list as
+    ``problems`` to receive ``(folder, message)`` for each of them.
     """
     found: dict[str, BundleInfo] = {}
     for source, root in models_search_path():
@@ -425,7 +435,9 @@ def find_models() -> list[BundleInfo]:
                 continue
             try:
                 card = read_card(card_path)
-            except NeurosynthError:
+            except NeurosynthError as exc:
+                if problems is not None:
+                    problems.append((folder, str(exc)))
                 continue
             name = str(card.get("name") or folder.name)
             if name not in found:
@@ -644,12 +656,12 @@ class Model:
         Examples
         --------
         >>> print(model.describe())  # doctest: +SKIP
-        t1_to_t2: t1 -> t2 (cms, resnet, 346,145 parameters)
+        t1_to_t2: t1 -> t2 (task cms, resnet, 346,145 parameters)
         axial slices, 1 context slice(s) each side; trained on phantom only
         held-out: psnr 27.1, ssim 0.91
         """
         lines = [f"{self.name}: {' + '.join(self.inputs)} -> {self.output} "
-                 f"({self.task}, {self.architecture}, {self.n_parameters:,} parameters)"]
+                 f"(task {self.task}, {self.architecture}, {self.n_parameters:,} parameters)"]
         second = f"{self.plane} slices, {self.context} context slice(s) each side"
         if self.phantom_only:
             second += "; trained on the synthetic phantom only"

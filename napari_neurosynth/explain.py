@@ -719,10 +719,6 @@ def gradcam(
 # --------------------------------------------------------------------------- uncertainty
 
 
-class _AlwaysDropout:
-    """Marker base: dropout that stays on in eval mode (MC dropout)."""
-
-
 def _mc_dropout_copy(net):
     """A deep copy of ``net`` whose dropout layers sample even in eval mode (for MC dropout)."""
     import copy
@@ -730,7 +726,9 @@ def _mc_dropout_copy(net):
     import torch
     from torch import nn
 
-    class MCDropout(nn.Module, _AlwaysDropout):
+    class MCDropout(nn.Module):
+        """Dropout that keeps sampling in eval mode (the engine puts networks in eval mode)."""
+
         def __init__(self, p: float, two_d: bool):
             super().__init__()
             self.p, self.two_d = p, two_d

@@ -244,7 +244,8 @@ def prepare_inputs(model: Any, inputs: Any, resample: bool = False) -> tuple[lis
         if isinstance(item, Volume):
             vol = item
             declared = str(item.metadata.get("modality") or "").lower()
-            if declared and declared != name.lower():
+            # compare contrasts, not variants: a "t2" volume may feed a "t2_lowres" input
+            if declared and declared.split("_")[0] != name.lower().split("_")[0]:
                 raise NeurosynthError(
                     f"{_label(i, name)} is marked as {declared!r}; model {model.name!r} expects "
                     f"{', '.join(names)} in that order"
@@ -387,6 +388,18 @@ def _activation_bytes_per_pixel(net: torch.nn.Module, channels: int, divisor: in
     return max(1.0, 4.0 * largest[0] / side**2)
 
 
+def _probe(net: torch.nn.Module, channels: int, divisor: int, device: torch.device, autocast: dict) -> float:
+    """:func:`_activation_bytes_per_pixel`, or infinity when even the probe runs out of memory."""
+    try:
+        with torch.inference_mode():
+            return _activation_bytes_per_pixel(net, channels, divisor, device, autocast)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+        if not _is_oom(exc):
+            raise
+        _empty_cache(device)
+        return math.inf
+
+
 def _memory_available(device: torch.device, volume_bytes: int) -> float:
     """Bytes the engine may spend on activations on ``device``."""
     if device.type == "cuda":
@@ -464,8 +477,7 @@ def _run(model: Any, inputs: Any, device: str | torch.device, progress: Progress
     n_todo = len(todo)
     channels = len(volumes) * (2 * context + 1)
     if batch_size in (None, "auto"):
-        with torch.inference_mode():
-            per_pixel = _activation_bytes_per_pixel(net, channels, divisor, dev, autocast)
+        per_pixel = _probe(net, channels, divisor, dev, autocast)
         per_slice = per_pixel * (h + pad_h) * (w + pad_w) + 8 * channels * h * w
         budget = memory_budget if memory_budget is not None else _memory_available(dev, out.nbytes)
         cap = CPU_MAX_BATCH if dev.type == "cpu" else GPU_MAX_BATCH
@@ -476,8 +488,7 @@ def _run(model: Any, inputs: Any, device: str | torch.device, progress: Progress
             raise NeurosynthError(f"batch_size must be a positive integer or 'auto', not {batch_size!r}")
         if memory_budget is not None:
             # explicit size wins, but an explicit budget still caps it
-            with torch.inference_mode():
-                per_pixel = _activation_bytes_per_pixel(net, channels, divisor, dev, autocast)
+            per_pixel = _probe(net, channels, divisor, dev, autocast)
             bs = int(max(1, min(bs, memory_budget // (per_pixel * (h + pad_h) * (w + pad_w)))))
     todo_t = torch.as_tensor(todo, device=dev)
     info = InferenceInfo(model.name, str(dev), prec, bs, n_slices, n_todo, box if crop else None,

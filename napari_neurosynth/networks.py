@@ -59,6 +59,9 @@ from .errors import NeurosynthError
 __all__ = [
     "ARCHITECTURES",
     "DeformableAlign",
+    "GENERATORS",
+    "ModalityFusion",
+    "ResidualBlock",
     "FusionGenerator",
     "MCSRGenerator",
     "PatchGANDiscriminator",
@@ -374,11 +377,14 @@ def warp(features: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     unchanged (``align_corners=True`` puts grid points exactly on pixel centres).
     """
     b, _, h, w = features.shape
-    grid = _identity_grid(b, h, w, features.device, features.dtype)
+    # float32 sampling grid even under half-precision autocast: fp16 cannot resolve
+    # sub-pixel positions on a 240-pixel grid
+    grid = _identity_grid(b, h, w, features.device, torch.float32)
     # pixels -> normalised [-1, 1] coordinates (align_corners=True convention)
-    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=features.device, dtype=features.dtype)
-    grid = grid + offset.permute(0, 2, 3, 1) * scale
-    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=features.device, dtype=torch.float32)
+    grid = grid + offset.float().permute(0, 2, 3, 1) * scale
+    out = F.grid_sample(features.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.to(features.dtype)
 
 
 class DeformableAlign(nn.Module):

@@ -191,16 +191,11 @@ _TEMPLATE_SHAPE = (197, 233, 189)
 @functools.lru_cache(maxsize=1)
 def _template_1mm() -> dict[str, np.ndarray]:
     """GM, WM, CSF fractions and head signed distance on the 1 mm MNI152 grid (float32)."""
-    try:
-        from nilearn import datasets
-    except ImportError as exc:  # pragma: no cover - nilearn is a dependency
-        raise NeurosynthError("the phantom needs nilearn; install it with `pip install nilearn`") from exc
-    t1_img = datasets.load_mni152_template(resolution=1)
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
+    t1, gm, wm, affine = _load_mni152()
     # nilearn's brain mask is the (skull-stripped) template > 0.2; the template
     # has no scalp or skull, so those are modelled from a distance map below.
-    mask = (np.asarray(t1_img.dataobj, dtype=np.float32) > 0.2).astype(np.float32)
+    mask = (t1 > 0.2).astype(np.float32)
+    del t1
     gm = np.clip(gm, 0, 1)
     wm = np.clip(wm, 0, 1 - gm)
     csf = np.clip(mask - gm - wm, 0, 1)
@@ -218,8 +213,56 @@ def _template_1mm() -> dict[str, np.ndarray]:
         "csf": csf,
         # sd lives on the 2 mm grid: index i2 = (i1 - 0.5) / 2 in each axis
         "sd": np.clip(sd, -30, 60).astype(np.float32),
-        "affine": np.asarray(t1_img.affine, dtype=np.float64),
+        "affine": affine,
     }
+
+
+_MNI_FILES = {key: f"mni_icbm152_{key}_tal_nlin_sym_09a_converted.nii.gz" for key in ("t1", "gm", "wm")}
+
+
+def _load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The MNI152 2009a T1 template and GM/WM probability maps shipped in nilearn's wheel.
+
+    Read with nibabel straight from nilearn's package data (scaled to [0, 1] as
+    ``nilearn.datasets.load_mni152_*`` do), because importing ``nilearn`` itself
+    pulls in scikit-learn and pandas and costs seconds; falls back to nilearn's
+    loaders when the files have moved.
+    """
+    import importlib.util
+    import os
+
+    import nibabel as nib
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None:
+        raise NeurosynthError("the phantom needs nilearn (it ships the MNI152 template); install it with `pip install nilearn`")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
+    paths = {key: os.path.join(folder, name) for key, name in _MNI_FILES.items()}
+    if all(os.path.exists(p) for p in paths.values()):
+        imgs = {key: nib.load(p) for key, p in paths.items()}
+    else:  # pragma: no cover - depends on the installed nilearn layout
+        from nilearn import datasets
+
+        imgs = {
+            "t1": datasets.load_mni152_template(resolution=1),
+            "gm": datasets.load_mni152_gm_template(resolution=1),
+            "wm": datasets.load_mni152_wm_template(resolution=1),
+        }
+    arrays = []
+    for key in ("t1", "gm", "wm"):
+        proxy = imgs[key].dataobj
+        inter = getattr(proxy, "inter", 0.0)
+        if getattr(proxy, "slope", 1.0) > 0 and (inter == 0 or np.isnan(inter)):
+            # scaled / max(scaled) == raw / max(raw): skip nibabel's float64 scaling pass
+            a = np.asarray(proxy.get_unscaled()).astype(np.float32)
+        else:  # pragma: no cover
+            a = np.asarray(proxy, dtype=np.float32)
+        a /= a.max() or 1.0
+        arrays.append(a)
+    affine = np.asarray(imgs["t1"].affine, dtype=np.float64)
+    if arrays[0].shape != _TEMPLATE_SHAPE:
+        raise NeurosynthError(f"unexpected MNI152 template shape {arrays[0].shape}; reinstall nilearn >= 0.10")
+    return arrays[0], arrays[1], arrays[2], affine
 
 
 @functools.lru_cache(maxsize=4)
@@ -534,8 +577,8 @@ def _place_lesions(rng_tumour, rng_plaque, kinds, deformation, resolution):
         periv = (wm > 0.8) & (vent_dist >= 3.0) & (vent_dist <= 12.0) & cerebrum
         deep = (wm > 0.8) & (wm_depth >= 4.0) & cerebrum
         periv_idx, deep_idx = np.argwhere(periv), np.argwhere(deep)
-        gy, gx, gz = np.gradient(vent_dist)  # unused names kept short
-        grad = np.stack([gy, gx, gz], axis=-1)
+        # direction away from the ventricles (world axes = array axes on this RAS grid)
+        grad = np.stack(np.gradient(vent_dist), axis=-1)
         tries = 0
         while len(plaques) < n and tries < 200:
             tries += 1
@@ -595,8 +638,9 @@ def _check_args(seed, resolution, noise, bias, misalignment, lowres_factor) -> N
         resolution = float(resolution)
     except (TypeError, ValueError):
         raise NeurosynthError(f"resolution must be a number of mm, got {resolution!r}") from None
-    if not (0.5 <= resolution <= 8.0):
-        raise NeurosynthError(f"resolution must be between 0.5 and 8 mm, got {resolution}")
+    if not (1.0 <= resolution <= 8.0):
+        # the template is 1 mm: finer grids would add voxels, not detail
+        raise NeurosynthError(f"resolution must be between 1 and 8 mm (the MNI152 template is 1 mm), got {resolution}")
     for name, value, hi in (("noise", noise, 1.0), ("bias", bias, 1.0), ("misalignment", misalignment, 20.0)):
         if not (np.isfinite(value) and 0.0 <= value <= hi):
             raise NeurosynthError(f"{name} must be between 0 and {hi:g}, got {value!r}")
@@ -661,7 +705,7 @@ def make_phantom(
         plaques), ``False`` for none, or a list of kinds (``"tumour"``,
         ``"plaque"``).
     resolution : float
-        Isotropic voxel size in mm (0.5-8).  1 mm gives the template's 197x233x189
+        Isotropic voxel size in mm (1-8; the template is 1 mm).  1 mm gives the template's 197x233x189
         grid.
     noise : float
         Rician noise: sigma of the complex Gaussian noise as a fraction of each
@@ -753,27 +797,6 @@ def make_phantom(
         wm = wm * (1 - s_pl)
     frac.update(gm=gm, wm=wm, csf=csf)
 
-    # ---- head outside the brain: shells at depths from the hull, thickness varying per subject
-    nonbrain = np.clip(1.0 - gm - wm - csf - sum(frac.get(k, 0) for k in ("tumour", "necrosis", "oedema", "plaque")),
-                       0.0, 1.0).astype(f32)
-    thickness = 1.0 + 0.15 * _normalised_field(axes, np.random.default_rng(s_head), 3)
-    depth = anat["sd"] / thickness.astype(f32)
-    for name, a, b in _SHELLS:
-        inner = 1.0 if a == -np.inf else _ramp(depth - a, res)
-        layer = (inner - _ramp(depth - b, res)) * nonbrain
-        frac[name] = frac.get(name, 0) + layer
-
-    # ---- signals: partial-volume sum of signed tissue signals per contrast
-    clean: dict[str, np.ndarray] = {}
-    for contrast in SEQUENCES:
-        acc = np.zeros(shape, f32)
-        for tissue, f in frac.items():
-            s = tissue_signal(tissue, contrast)
-            if s != 0.0:
-                acc += f32(M0 * s) * f
-        np.abs(acc, out=acc)
-        clean[contrast] = acc
-
     brain_mask = ((anat["gm"] + anat["wm"] + anat["csf"]) > 0.5).astype(np.uint8)
     lesion_mask = np.zeros(shape, np.uint8)
     for label, key in ((3, "plaque"), (2, "oedema"), (1, "tumour")):
@@ -781,6 +804,41 @@ def make_phantom(
             present = frac[key] if key != "tumour" else frac["tumour"] + frac.get("necrosis", 0)
             lesion_mask[present >= 0.5] = label
     lesion_mask[brain_mask == 0] = 0
+
+    # ---- signals: partial-volume sum of signed tissue signals per contrast.
+    # Accumulated tissue by tissue so that no more than a few full-size
+    # fraction maps exist at once (a 1 mm grid is 8.7 M voxels).
+    clean = {contrast: np.zeros(shape, f32) for contrast in SEQUENCES}
+
+    def add(tissue: str, fraction: np.ndarray) -> None:
+        for contrast, acc in clean.items():
+            value = M0 * tissue_signal(tissue, contrast)
+            if abs(value) > 1e-3:
+                acc += f32(value) * fraction
+
+    nonbrain = np.ones(shape, f32)
+    for tissue, fraction in frac.items():
+        add(tissue, fraction)
+        nonbrain -= fraction
+    np.clip(nonbrain, 0.0, 1.0, out=nonbrain)
+
+    # ---- head outside the brain: shells at depths from the hull
+    if deform:  # skull and scalp thickness vary by +-15 % over the head
+        thickness = 1.0 + 0.15 * _normalised_field(axes, np.random.default_rng(s_head), 3)
+        depth = anat["sd"] / thickness.astype(f32)
+        del thickness
+    else:
+        depth = anat["sd"]
+    inner = None  # occupancy of everything deeper than the current shell's outer edge
+    for name, _, b in _SHELLS:
+        outer = _ramp(depth - b, res).astype(f32)
+        layer = (1.0 - outer) if inner is None else (inner - outer)
+        layer *= nonbrain
+        add(name, layer)
+        inner = outer
+    del depth, inner, layer, nonbrain
+    for acc in clean.values():
+        np.abs(acc, out=acc)
 
     params = {
         "seed": seed, "lesions": list(kinds), "resolution": resolution, "noise": float(noise),

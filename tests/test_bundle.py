@@ -90,7 +90,7 @@ def test_round_trip_by_path_card_and_name(bundle):
     assert (model.inputs, model.output, model.task, model.context, model.plane) == (["t1"], "t2", "cms", 1, "axial")
     assert model.in_channels == 3 and model.size_divisor == 4
     text = model.describe()
-    assert text.startswith("tiny_t1_to_t2: t1 -> t2 (cms, resnet,")
+    assert text.startswith("tiny_t1_to_t2: t1 -> t2 (task cms, resnet,")
     assert "phantom" in text and "psnr 25.5" in text
 
 
@@ -267,6 +267,16 @@ def test_cli_models_list_table_and_show(bundle, capsys):
     assert "# tiny_t1_to_t2" in out and "Inputs" in out
     assert main(["models", "verify", "tiny_t1_to_t2"]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_cli_list_reports_broken_bundles(bundle, env_models, capsys):
+    broken = env_models / "broken"
+    broken.mkdir()
+    (broken / "card.json").write_text("{not json")
+    assert main(["models", "list"]) == 0
+    captured = capsys.readouterr()
+    assert "tiny_t1_to_t2" in captured.out
+    assert "skipped" in captured.err and "broken" in captured.err and "not valid JSON" in captured.err
 
 
 def test_cli_errors_are_one_line(bundle, capsys):

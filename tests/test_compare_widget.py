@@ -125,7 +125,8 @@ def test_difference_map_regions_and_jump(compare_viewer, qtbot, phantom3, fake_s
     viewer, w = compare_viewer
     _wait(qtbot, w, w.add_difference_map())
     z_layer = viewer.layers["z-map: T2 (synthesized: fake) vs T2"]
-    assert z_layer.colormap.name == "bwr"
+    cmap = z_layer.colormap  # diverging, centred on zero (transparent there), blue below, red above
+    assert cmap.map([0.5])[0][3] == 0.0 and cmap.map([0.0])[0][2] == 1.0 and cmap.map([1.0])[0][0] == 1.0
     assert tuple(z_layer.contrast_limits) == (-5.0, 5.0)
     np.testing.assert_allclose(z_layer.affine.affine_matrix, viewer.layers["T2"].affine.affine_matrix)
     expected = explain.difference_map(fake_synth[0], phantom3["t2"], phantom3["brain_mask"],
@@ -208,8 +209,11 @@ def test_end_to_end_synthesize_then_explain(make_napari_viewer, models_dir, phan
     # Grad-CAM for a rectangle drawn on the current slice
     assert w.cam_layer_combo.currentData() == load_model("tiny_t1_to_t2").network.default_cam_layer
     assert w.method_combo.currentText() == "HiResCAM"
-    roi = w.add_roi_layer()
+    # look at axial slices (array axis 2 is S in the phantom's RAS grid), as a reader would
     k = phantom3["t1"].shape[2] // 2
+    viewer.dims.order = (2, 0, 1)
+    viewer.dims.set_current_step(2, k)
+    roi = w.add_roi_layer()
     i0, j0 = (s // 2 - 2 for s in phantom3["t1"].shape[:2])
     roi.add_rectangles(np.array([[i0, j0, k], [i0, j0 + 4, k], [i0 + 4, j0 + 4, k], [i0 + 4, j0, k]], float))
     mask = w.roi_mask()

@@ -48,14 +48,38 @@ def _bundle(tmp_path, name="rnd", arch="resnet", inputs=("t1",), output="t2", co
     return load_model(save_bundle(net, card, tmp_path / name))
 
 
+def _slab(vol: Volume, k0: int = 24, k1: int = 40) -> Volume:
+    """Axial slices ``k0:k1`` of ``vol`` with the matching affine (a small, fast test volume)."""
+    affine = vol.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ np.array([0, 0, k0])
+    return Volume(np.ascontiguousarray(vol.data[:, :, k0:k1]), affine, dict(vol.metadata))
+
+
 @pytest.fixture(scope="module")
-def t1(phantom3):
-    return phantom3["t1"]
+def slab(phantom3):
+    """16 axial slices through the middle of the 3 mm phantom (every contrast and the masks)."""
+    return {k: _slab(v) for k, v in phantom3.items() if k != "t2_lowres"}
+
+
+@pytest.fixture(scope="module")
+def t1(slab):
+    return slab["t1"]
+
+
+@pytest.fixture(scope="module")
+def brain(slab):
+    return slab["brain_mask"].data > 0
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return _bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def ref(model, t1):
+    """The naive loop's result for ``model`` on ``t1``."""
+    return reference_synthesize(model, t1)
 
 
 def _padded(vol: Volume, p: int) -> Volume:
@@ -79,9 +103,9 @@ def test_engine_fp32_equals_naive_loop(tmp_path, t1, arch):
     assert np.abs(ref).max() > 1e-2  # the comparison is not between two zero images
 
 
-def test_multi_input_fusion_equals_naive_loop(tmp_path, phantom3):
+def test_multi_input_fusion_equals_naive_loop(tmp_path, slab):
     m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
-    inputs = [phantom3["t1"], phantom3["t2"]]
+    inputs = [slab["t1"], slab["t2"]]
     ref = reference_synthesize(m, inputs)
     out = synthesize(m, inputs, device="cpu", crop=False)
     assert np.abs(out - ref).max() < 1e-4
@@ -105,10 +129,8 @@ def test_crop_is_independent_of_the_field_of_view(model, t1):
     assert np.abs(out_a[brain]).mean() > 1e-2
 
 
-def test_bf16_autocast_within_documented_tolerance(model, t1, phantom3):
-    ref = synthesize(model, t1, device="cpu", crop=False)
+def test_bf16_autocast_within_documented_tolerance(model, t1, ref, brain):
     out = synthesize(model, t1, device="cpu", crop=False, precision="bf16")
-    brain = phantom3["brain_mask"].data > 0
     assert np.abs(out - ref)[brain].max() < BF16_TOL
     assert out.dtype == np.float32
 
@@ -125,9 +147,9 @@ def test_output_on_first_input_grid_with_provenance(model, t1):
     assert info["slices_computed"] <= info["slices_total"] == t1.shape[2]
 
 
-def test_slicing_axis_follows_the_affine(model, t1):
+def test_slicing_axis_follows_the_affine(model, t1, ref):
     """The same head stored in another axis order gives the same synthesis, axis-permuted."""
-    out = synthesize(model, t1, device="cpu", crop=False)
+    out = ref
     perm = (2, 0, 1)  # axial axis first, as DICOM-ordered volumes often are
     data = np.ascontiguousarray(np.transpose(t1.data, perm))
     affine = t1.affine.copy()
@@ -136,23 +158,23 @@ def test_slicing_axis_follows_the_affine(model, t1):
     assert np.abs(out_p - np.transpose(out, perm)).max() < 1e-4
 
 
-def test_mcsr_lowres_input_is_resampled_automatically(tmp_path, phantom3):
+def test_mcsr_lowres_input_is_resampled_automatically(tmp_path, phantom3, t1):
     m = _bundle(tmp_path, arch="mcsr", inputs=("t1", "t2_lowres"), task="mcsr", context=0)
-    low = phantom3["t2_lowres"]
-    assert not same_grid(low, phantom3["t1"])
-    vol = synthesize_volume(m, [phantom3["t1"], low], device="cpu")
-    assert vol.shape == phantom3["t1"].shape and np.isfinite(vol.data).all()
+    low = phantom3["t2_lowres"]  # its own grid: 4x thicker axial slices, covering the whole head
+    assert not same_grid(low, t1)
+    vol = synthesize_volume(m, [t1, low], device="cpu")
+    assert same_grid(vol, t1) and np.isfinite(vol.data).all()
     assert vol.metadata["inference"]["resampled_inputs"] == [1]
 
 
-def test_mismatched_grid_is_refused_then_resampled_on_request(tmp_path, phantom3):
+def test_mismatched_grid_is_refused_then_resampled_on_request(tmp_path, slab):
     m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
-    moved = _padded(phantom3["t2"], 4)
+    moved = _padded(slab["t2"], 4)
     with pytest.raises(NeurosynthError, match="different grid.*resample"):
-        synthesize(m, [phantom3["t1"], moved], device="cpu")
-    out = synthesize(m, [phantom3["t1"], moved], device="cpu", resample=True)
-    direct = synthesize(m, [phantom3["t1"], phantom3["t2"]], device="cpu")
-    assert out.shape == phantom3["t1"].shape
+        synthesize(m, [slab["t1"], moved], device="cpu")
+    out = synthesize(m, [slab["t1"], moved], device="cpu", resample=True)
+    direct = synthesize(m, [slab["t1"], slab["t2"]], device="cpu")
+    assert out.shape == slab["t1"].shape
     # the padded T2 resampled back onto T1's grid is the same image: same synthesis
     assert np.abs(out - direct).max() < 1e-3
 
@@ -190,7 +212,7 @@ def test_cancel_from_another_thread_stops_within_one_batch(model, t1):
     with pytest.raises(CancelledError, match="cancelled after 2 of"):
         synthesize(model, t1, device="cpu", progress=progress, cancel=cancel, batch_size=2)
     thread.join()
-    assert seen == [0.0, pytest.approx(seen[1])] and seen[1] < 0.1
+    assert len(seen) == 2 and seen[0] == 0.0 and 0 < seen[1] < 0.5  # one batch ran, then it stopped
 
 
 def test_cancel_accepts_a_callable(model, t1):
@@ -217,12 +239,11 @@ class _OOMAbove(nn.Module):
         return self.net(x)
 
 
-def test_out_of_memory_halves_the_batch_and_still_matches(model, t1):
+def test_out_of_memory_halves_the_batch_and_still_matches(model, t1, ref):
     wrapped = Model(model.card, _OOMAbove(model.network, limit=3), model.path, model.name)
     vol = synthesize_volume(wrapped, t1, device="cpu", batch_size=16, crop=False)
     info = vol.metadata["inference"]
     assert info["oom_retries"] == 3 and info["batch_size"] == 2  # 16 -> 8 -> 4 -> 2
-    ref = reference_synthesize(model, t1)
     assert np.abs(vol.data - ref).max() < 1e-4
 
 
@@ -265,16 +286,16 @@ def test_wrong_number_of_inputs(model, t1):
         synthesize(model, [t1, t1], device="cpu")
 
 
-def test_input_marked_with_another_modality(model, phantom3):
-    flair = phantom3["flair"].with_data(phantom3["flair"].data, modality="flair")
+def test_input_marked_with_another_modality(model, slab):
+    flair = slab["flair"]
     with pytest.raises(NeurosynthError, match="marked as 'flair'.*expects t1"):
         synthesize(model, flair, device="cpu")
 
 
-def test_bare_array_on_another_grid(tmp_path, phantom3):
+def test_bare_array_on_another_grid(tmp_path, slab):
     m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
     with pytest.raises(NeurosynthError, match="bare array .*pass it as a Volume"):
-        synthesize(m, [phantom3["t1"], phantom3["t2"].data[:-2]], device="cpu", resample=True)
+        synthesize(m, [slab["t1"], slab["t2"].data[:-2]], device="cpu", resample=True)
 
 
 def test_device_and_precision_choices():
@@ -304,51 +325,53 @@ class _Tiny3D(nn.Sequential):
 
 def test_3d_sliding_window_matches_whole_volume_and_reports(t1, tmp_path):
     net = _Tiny3D().eval()
-    card = {"name": "tiny3d", "task": "cms", "inputs": ["t1"], "output": "t2",
-            "normalization": {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1},
-            "slicing": {"plane": "axial", "context": 0, "patch_size": [32, 32, 32], "overlap": 0.25}}
-    m = Model(card, net, tmp_path, "tiny3d")
-    seen = []
-    out = synthesize(m, t1, device="cpu", progress=seen.append)
-    x = torch.from_numpy(t1.data / np.float32(intensity_scale(t1.data, card["normalization"])))
+    norm = {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1}
+    x = torch.from_numpy(t1.data / np.float32(intensity_scale(t1.data, norm)))
     with torch.no_grad():
         whole = net(x[None, None].float())[0, 0].numpy()
-    inner = (slice(2, -2),) * 3  # window borders see zero padding; compare away from the volume edge
-    assert np.abs(out - whole)[inner].max() < 0.05 * np.abs(whole).max()
-    assert seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:]))
+    for patch, tol in ((list(t1.shape), 1e-5), ([32, 32, 32], 0.02)):
+        card = {"name": "tiny3d", "task": "cms", "inputs": ["t1"], "output": "t2", "normalization": norm,
+                "slicing": {"plane": "axial", "context": 0, "patch_size": patch, "overlap": 0.25}}
+        seen = []
+        out = synthesize(Model(card, net, tmp_path, "tiny3d"), t1, device="cpu", progress=seen.append)
+        assert out.shape == t1.shape
+        # one window: exact; 32^3 windows: MONAI's blending differs only near window borders
+        assert np.abs(out - whole).mean() < tol * np.abs(whole).mean() + 1e-6
+        assert seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:]))
+    assert len(seen) > 3  # progress per window batch
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def _write_subjects(root, phantom3, n=2):
+def _write_subjects(root, t1, n=2):
     for i in range(n):
         d = root / f"sub{i}"
         d.mkdir(parents=True)
-        write_volume(phantom3["t1"], d / f"sub{i}_t1.nii.gz")
+        write_volume(t1, d / f"sub{i}_t1.nii.gz")
     return root
 
 
-def test_cli_single_subject(tmp_path, phantom3, model):
+def test_cli_single_subject(tmp_path, t1, model):
     from napari_neurosynth.cli import main
 
-    write_volume(phantom3["t1"], tmp_path / "t1.nii.gz")
+    write_volume(t1, tmp_path / "t1.nii.gz")
     rc = main(["synthesize", str(tmp_path / "t1.nii.gz"), "--model", str(model.path), "-o",
                str(tmp_path / "out.nii.gz"), "--device", "cpu", "-q"])
     assert rc == 0
     out = read_volume(tmp_path / "out.nii.gz")
-    assert same_grid(out, phantom3["t1"])
+    assert same_grid(out, t1)
     assert np.abs(out.data - synthesize(model, read_volume(tmp_path / "t1.nii.gz"), device="cpu")).max() < 1e-4
 
 
-def test_cli_batch_folder_carries_on_past_a_bad_subject(tmp_path, phantom3, model, capsys):
+def test_cli_batch_folder_carries_on_past_a_bad_subject(tmp_path, t1, model, capsys):
     from napari_neurosynth.cli import main
 
-    data = _write_subjects(tmp_path / "data", phantom3)
+    data = _write_subjects(tmp_path / "data", t1)
     (data / "sub9").mkdir()
     (data / "sub9" / "sub9_t1.nii.gz").write_bytes(b"not a nifti" * 20)  # corrupt
     (data / "sub8").mkdir()
-    write_volume(phantom3["t1"].with_data(np.zeros(phantom3["t1"].shape, np.float32)), data / "sub8" / "sub8_t1.nii.gz")
+    write_volume(t1.with_data(np.zeros(t1.shape, np.float32)), data / "sub8" / "sub8_t1.nii.gz")
     rc = main(["synthesize", "--batch", str(data), "--model", str(model.path), "-o", str(tmp_path / "out"), "-q"])
     assert rc == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sub0_t2_synth.nii.gz", "sub1_t2_synth.nii.gz"]
@@ -356,10 +379,10 @@ def test_cli_batch_folder_carries_on_past_a_bad_subject(tmp_path, phantom3, mode
     assert "2 subject(s) failed" in err and "sub9: cannot read" in err and "sub8: input 1 (t1)" in err
 
 
-def test_cli_batch_glob_and_csv(tmp_path, phantom3, model):
+def test_cli_batch_glob_and_csv(tmp_path, t1, model):
     from napari_neurosynth.cli import main
 
-    data = _write_subjects(tmp_path / "data", phantom3)
+    data = _write_subjects(tmp_path / "data", t1)
     rc = main(["synthesize", "--batch", str(data / "*" / "*_t1.nii.gz"), "--model", str(model.path),
                "-o", str(tmp_path / "g"), "-q"])
     assert rc == 0 and len(list((tmp_path / "g").iterdir())) == 2
@@ -383,10 +406,8 @@ def test_cli_usage_errors_exit_2(tmp_path, model, capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_mixed_precision_close_to_cpu_and_oom_budget(model, t1, phantom3):
-    ref = synthesize(model, t1, device="cpu", crop=False)
+def test_cuda_mixed_precision_close_to_cpu_and_oom_budget(model, t1, ref, brain):
     vol = synthesize_volume(model, t1, device="cuda", crop=False)
-    brain = phantom3["brain_mask"].data > 0
     assert vol.metadata["inference"]["precision"] in ("bf16", "fp16")
     assert np.abs(vol.data - ref)[brain].max() < BF16_TOL
     fp32 = synthesize(model, t1, device="cuda", crop=False, precision="fp32")

@@ -65,6 +65,7 @@ def test_keys_dtypes_and_shared_grid(phantom3):
     assert 1200 < brain_ml < 2000
 
 
+@pytest.mark.slow
 def test_one_mm_grid_is_the_template_grid():
     ph = make_phantom(seed=0, lesions=False, resolution=1.0, noise=0.0, bias=0.0)
     assert ph["t1"].shape == (197, 233, 189)
@@ -116,7 +117,8 @@ def test_other_seed_is_another_subject(phantom3):
     b = make_phantom(seed=1, lesions=False, resolution=3.0, noise=0.0, bias=0.0)
     ma, mb = a["brain_mask"].data > 0, b["brain_mask"].data > 0
     dice = 2 * (ma & mb).sum() / (ma.sum() + mb.sum())
-    assert 0.8 < dice < 0.97
+    assert 0.8 < dice < 0.99  # a few mm of deformation and a few % of head size
+    assert (ma != mb).sum() > 1000
     assert np.abs(a["t1"].data - b["t1"].data).mean() > 20
     # lesions are elsewhere too
     centres0 = [l["centre_mm"] for l in phantom3["lesion_mask"].metadata["lesions"]]
@@ -235,8 +237,10 @@ def test_lesion_kinds():
     assert set(np.unique(plaque["lesion_mask"].data)) == {0, 3}
     tumour = make_phantom(seed=2, lesions=["tumor"], resolution=4.0)
     assert set(np.unique(tumour["lesion_mask"].data)) == {0, 1, 2}
-    # the lesion choice does not change the noise realisation in the background
-    np.testing.assert_array_equal(none["t1"].data[:5, :5, -5:], plaque["t1"].data[:5, :5, -5:])
+    # the lesion choice does not change the noise realisation: in the air the two
+    # images differ only by the noise level (set from each image's bright level)
+    ratio = none["t1"].data[:5, :5, -5:] / plaque["t1"].data[:5, :5, -5:]
+    assert ratio.std() < 1e-4 * ratio.mean()
 
 
 @pytest.mark.parametrize(

@@ -197,6 +197,23 @@ def test_locked_database_gives_clear_message(tmp_path):
     store.close()
 
 
+def test_full_disk_writes_nothing(tmp_path):
+    """SQLite's max_page_count caps the file like a full disk would (same SQLITE_FULL error)."""
+    with RatingStore(tmp_path / "r.sqlite") as store:
+        store.record("dr-a", "c0", "acquired", 3)
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(NeurosynthError, match="disk full.*nothing was written"):
+            for i in range(1, 200):  # fill the last free pages
+                store.record("dr-a", f"c{i}", "acquired", 3, comment="x" * 2000)
+        kept = store.ratings()
+        assert all(r["comment"] is None or len(r["comment"]) == 2000 for r in kept)
+        store._conn.execute(f"PRAGMA max_page_count = {10 * pages + 1000}")  # space freed
+        store.record("dr-a", "after", "acquired", 4)
+        assert len(store.ratings()) == len(kept) + 1
+    assert _integrity(tmp_path / "r.sqlite") == "ok"
+
+
 def test_default_path_in_user_data_folder():
     import platformdirs
 

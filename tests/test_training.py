@@ -18,6 +18,15 @@ from napari_neurosynth.training import TrainConfig, Trainer, export_bundle, load
 TINY = {"base": 4, "n_blocks": 1}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared, busy CPU two OpenMP threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _subject(ph, name, modalities=("t1", "t2", "flair", "t2_lowres")) -> Subject:
     return Subject(name, {m: ph[m] for m in modalities}, ph["brain_mask"].data > 0,
                    ph["lesion_mask"].data.astype(np.uint8))

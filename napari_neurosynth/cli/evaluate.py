@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from ..errors import NeurosynthError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -25,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--lesion", metavar="L", help="lesion mask or label volume (nonzero = lesion)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--no-normalize", action="store_true", help="compare raw intensities (no percentile scaling)")
+    p.add_argument("--csv", metavar="FILE", help="also write the region rows and the k-space bands to a CSV file")
     p.add_argument("--bands", type=int, default=8, metavar="N", help="number of k-space bands (default 8)")
     p.set_defaults(func=run)
 
@@ -67,6 +70,26 @@ def _jsonable(x):
     return x
 
 
+def write_csv(result: dict, path: str) -> None:
+    """One row per region (kind=region) and per k-space band (kind=kspace)."""
+    import csv
+
+    fields = ["kind", "name", "n_voxels", "psnr", "ssim", "mae", "nmse", "data_range",
+              "band", "low_cycles_per_mm", "high_cycles_per_mm", "rel_error", "target_energy"]
+    try:
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            for name, r in result["regions"].items():
+                w.writerow({"kind": "region", "name": name, **{k: r[k] for k in fields[2:8]}})
+            for b in result.get("kspace", []):
+                w.writerow({"kind": "kspace", "name": f"band {b['band']}", "band": b["band"],
+                            "low_cycles_per_mm": b["low"], "high_cycles_per_mm": b["high"],
+                            "rel_error": b["rel_error"], "target_energy": b["target_energy"]})
+    except OSError as exc:
+        raise NeurosynthError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..io import read_volume
     from ..metrics import evaluate
@@ -77,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     lesion = read_volume(args.lesion) if args.lesion else None
     result = evaluate(synth, target, mask=mask, lesion=lesion, normalize=not args.no_normalize, n_bands=args.bands)
     result["synth"], result["target"] = str(args.synth), str(args.target)
+    if args.csv:
+        write_csv(result, args.csv)
     if args.json:
         print(json.dumps(_jsonable(result), indent=2))
     else:

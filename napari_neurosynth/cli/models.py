@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import NeurosynthError
@@ -58,7 +59,10 @@ def register(subparsers) -> None:
 def _list(args: argparse.Namespace) -> int:
     from ..bundle import find_models, models_search_path
 
-    rows = [info.summary() for info in find_models()]
+    problems: list = []
+    rows = [info.summary() for info in find_models(problems)]
+    for folder, message in problems:
+        print(f"neurosynth models list: skipped {folder}: {message}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

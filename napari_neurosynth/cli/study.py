@@ -88,11 +88,13 @@ def register(subparsers) -> None:
 
 
 def _open(args):
-    from ..ratings import RatingStore
+    from ..ratings import RatingStore, default_db_path
 
-    if args.db is not None and not args.db.exists():
-        raise NeurosynthError(f"ratings database {args.db} does not exist")
-    return RatingStore(args.db)
+    path = args.db if args.db is not None else default_db_path()
+    if not path.exists():
+        hint = "" if args.db is not None else "; pass --db with the ratings file"
+        raise NeurosynthError(f"ratings database {path} does not exist{hint}")
+    return RatingStore(path)
 
 
 def _create(args) -> int:

@@ -386,16 +386,17 @@ class ResultTable(QWidget):
         super().__init__(parent)
         self.title = title
         self.columns: list[str] = []
+        self.shown: list[str] = []
         self.rows: list[dict] = []
         self.table = QTableWidget(0, 0, self)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(60)
+        self.max_visible_rows = 8
         self.table.cellClicked.connect(self._on_cell_clicked)
         self.copy_button = QPushButton("Copy")
         self.copy_button.setToolTip("Copy the table to the clipboard as tab-separated text (Ctrl+C)")
@@ -414,29 +415,55 @@ class ResultTable(QWidget):
         layout.addLayout(buttons)
         self._update_buttons()
 
-    def set_rows(self, rows: Iterable[dict], columns: Sequence[str] | None = None) -> None:
-        """Show ``rows`` (dicts) with ``columns`` (default: keys of the first row, in order)."""
+    def set_rows(
+        self,
+        rows: Iterable[dict],
+        columns: Sequence[str] | None = None,
+        shown: Sequence[str] | None = None,
+    ) -> None:
+        """Set the rows (dicts).
+
+        Parameters
+        ----------
+        rows : iterable of dict
+            Full-precision values; kept in :attr:`rows` and exported as they are.
+        columns : sequence of str, optional
+            Columns to export, in order (default: the keys of the rows, in order).
+        shown : sequence of str, optional
+            The subset of ``columns`` shown in the table (default: all), so a
+            narrow dock is not crowded by columns that matter only in the export.
+        """
         self.rows = [dict(r) for r in rows]
         if columns is None:
             columns = []
             for r in self.rows:
                 columns += [k for k in r if k not in columns]
         self.columns = list(columns)
+        self.shown = [c for c in (shown or self.columns) if c in self.columns]
         self.table.clear()
-        self.table.setColumnCount(len(self.columns))
+        self.table.setColumnCount(len(self.shown))
         self.table.setRowCount(len(self.rows))
-        self.table.setHorizontalHeaderLabels(self.columns)
+        self.table.setHorizontalHeaderLabels(self.shown)
         for i, row in enumerate(self.rows):
-            for j, col in enumerate(self.columns):
+            for j, col in enumerate(self.shown):
                 item = QTableWidgetItem(_cell_text(row.get(col)))
                 if isinstance(row.get(col), (int, float, np.number)):
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.table.setItem(i, j, item)
+        self._fit_height()
         self._update_buttons()
+
+    def _fit_height(self) -> None:
+        # Show up to max_visible_rows rows without an inner scroll bar.
+        n = max(1, min(len(self.rows), self.max_visible_rows))
+        row_h = self.table.verticalHeader().defaultSectionSize()
+        header_h = self.table.horizontalHeader().sizeHint().height()
+        scroll_h = self.table.horizontalScrollBar().sizeHint().height()
+        self.table.setFixedHeight(header_h + n * row_h + scroll_h + 2 * self.table.frameWidth())
 
     def cell_text(self, row: int, column: str) -> str:
         """The text shown in a cell (for tests and accessibility)."""
-        item = self.table.item(row, self.columns.index(column))
+        item = self.table.item(row, self.shown.index(column))
         return "" if item is None else item.text()
 
     def to_tsv(self) -> str:

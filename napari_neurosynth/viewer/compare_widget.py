@@ -33,9 +33,11 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -64,6 +66,22 @@ _FIDELITY_COLUMNS = ("id", "label", "status", "retained", "acq_contrast", "syn_c
 _CAM_METHODS = (("hirescam", "HiResCAM"), ("gradcam", "Grad-CAM"))
 #: Symmetric display range of the z-map.
 Z_LIMIT = 5.0
+
+
+def zmap_colormap():
+    """Diverging blue -> clear -> red colormap for z-maps (0 is transparent, so the anatomy shows).
+
+    With the symmetric contrast limits (-Z_LIMIT, Z_LIMIT) its centre is z = 0:
+    blue where the synthesis is darker than the acquired image, red where brighter.
+    """
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        colors=[[0.0, 0.25, 1.0, 1.0], [0.55, 0.7, 1.0, 0.6], [1.0, 1.0, 1.0, 0.0], [1.0, 0.6, 0.5, 0.6],
+                [1.0, 0.1, 0.0, 1.0]],
+        controls=[0.0, 0.3, 0.5, 0.7, 1.0],
+        name="z (blue-clear-red)",
+    )
 
 
 def _is_synth(layer) -> bool:
@@ -152,6 +170,7 @@ class CompareExplainWidget(QWidget):
         self.metrics_table = ResultTable("metrics")
         self.kspace_table = ResultTable("k-space error profile")
         self.fidelity_table = ResultTable("lesion fidelity")
+        self.kspace_table.max_visible_rows = self.fidelity_table.max_visible_rows = 5
         self.metrics_table.export_button.clicked.disconnect()
         self.metrics_table.export_button.clicked.connect(self._export_metrics_dialog)
         self.metrics_table.export_button.setToolTip("Save all metrics (CSV: the table; JSON: everything)")
@@ -163,6 +182,7 @@ class CompareExplainWidget(QWidget):
         ml.addWidget(self.kspace_table)
         ml.addWidget(QLabel("Lesion contrast, acquired vs synthesized"))
         ml.addWidget(self.fidelity_table)
+        ml.addStretch(1)
 
         # --- differences tab
         self.threshold_spin = QDoubleSpinBox()
@@ -181,6 +201,7 @@ class CompareExplainWidget(QWidget):
         dl.addLayout(row)
         dl.addWidget(self.diff_button)
         dl.addWidget(self.region_table)
+        dl.addStretch(1)
 
         # --- explain tab
         self.roi_combo = LayerCombo(self.viewer, (Shapes, Labels), optional=True, prefer=_name_has("roi"))
@@ -215,9 +236,14 @@ class CompareExplainWidget(QWidget):
         el.addRow(self.uncertainty_button)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(metrics_tab, "Metrics")
-        self.tabs.addTab(diff_tab, "Differences")
-        self.tabs.addTab(explain_tab, "Explain")
+        for page, title in ((metrics_tab, "Metrics"), (diff_tab, "Differences"), (explain_tab, "Explain")):
+            # Scrollable pages: the tables must not force the dock (and the window) taller than the screen.
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.NoFrame)
+            scroll.setWidget(page)
+            self.tabs.addTab(scroll, title)
+        self.tabs.setMinimumHeight(260)
         self.cancel_button = QPushButton("Cancel")
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -342,8 +368,9 @@ class CompareExplainWidget(QWidget):
         rows = []
         for region, vals in self.metrics["regions"].items():
             rows.append({"region": region, **{k: vals.get(k) for k in METRIC_COLUMNS[1:]}})
-        self.metrics_table.set_rows(rows, METRIC_COLUMNS)
-        self.kspace_table.set_rows(self.metrics.get("kspace", []), _KSPACE_COLUMNS)
+        self.metrics_table.set_rows(rows, METRIC_COLUMNS, shown=METRIC_COLUMNS[:5])
+        self.kspace_table.set_rows(self.metrics.get("kspace", []), _KSPACE_COLUMNS,
+                                   shown=("band", "high", "rel_error", "target_energy"))
         fid_rows = []
         if self.fidelity:
             for les in self.fidelity["lesions"]:
@@ -353,7 +380,8 @@ class CompareExplainWidget(QWidget):
                     "acq_cnr": les["acquired"]["cnr"], "syn_cnr": les["synthesized"]["cnr"],
                     "voxels": les["voxels"], "mm3": les["mm3"],
                 })
-        self.fidelity_table.set_rows(fid_rows, _FIDELITY_COLUMNS)
+        self.fidelity_table.set_rows(fid_rows, _FIDELITY_COLUMNS,
+                                     shown=("id", "label", "status", "retained", "acq_cnr", "syn_cnr"))
         msg = f"Metrics of {self._selection['synthesized']} vs {self._selection['acquired']}"
         if self.fidelity:
             msg += f"; {self.fidelity['n_erased']} erased, {self.fidelity['n_invented']} invented lesion(s)"
@@ -408,8 +436,8 @@ class CompareExplainWidget(QWidget):
         if self.regions_layer is not None and self.regions_layer in self.viewer.layers:
             self.viewer.layers.remove(self.regions_layer)
         self.zmap_layer = self.viewer.add_image(
-            result["z"], name=name, colormap="bwr", contrast_limits=(-Z_LIMIT, Z_LIMIT),
-            blending="translucent", metadata=meta, **_transform_kwargs(synth_layer),
+            result["z"], name=name, colormap=zmap_colormap(), contrast_limits=(-Z_LIMIT, Z_LIMIT),
+            blending="translucent", opacity=0.9, metadata=meta, **_transform_kwargs(synth_layer),
         )
         self.regions_layer = self.viewer.add_labels(
             result["labels"], name="disagreement regions", opacity=0.6,
@@ -419,6 +447,7 @@ class CompareExplainWidget(QWidget):
         self.region_table.set_rows(
             [{k: r.get(k) for k in REGION_COLUMNS} | {"centroid_voxel": r["centroid_voxel"]} for r in self.regions],
             REGION_COLUMNS,
+            shown=("label", "direction", "voxels", "peak_z"),
         )
         n_b = sum(r["sign"] > 0 for r in self.regions)
         self.status.setText(
@@ -482,8 +511,7 @@ class CompareExplainWidget(QWidget):
                     f"ROI layer {roi.name!r} is not on the synthesized image's grid; create it with 'Add ROI layer'"
                 )
             chosen = sorted(roi.selected_data) or list(range(len(roi.data)))
-            masks = roi.to_masks(mask_shape=shape)
-            return np.any(masks[chosen], axis=0)
+            return _shapes_to_mask(roi, chosen, shape)
         vol = layer_to_volume(roi)
         ref = layer_to_volume(synth)
         if not same_grid(vol, ref):
@@ -571,6 +599,28 @@ class CompareExplainWidget(QWidget):
             **_transform_kwargs(first),
         )
         self.status.setText(f"Added {self.uncertainty_layer.name} (standard deviation, normalised units).")
+
+
+def _shapes_to_mask(layer: Shapes, indices, shape: tuple[int, ...]) -> np.ndarray:
+    """Rasterise planar shapes (drawn on one slice) into a boolean volume of ``shape``.
+
+    napari's ``Shapes.to_masks`` embeds a 2-D shape correctly only when the slice
+    axis is the first one (napari 0.9 indexes its per-shape slice key by the full
+    axis number), so each shape is rasterised with its slice axis moved first and
+    the mask moved back.
+    """
+    out = np.zeros(shape, bool)
+    for i in indices:
+        verts = np.asarray(layer.data[i], float)
+        flat = np.flatnonzero(np.ptp(verts, axis=0) < 1e-6)
+        if flat.size == 0:
+            raise NeurosynthError("An ROI shape spans several slices; draw it in a 2-D view, on one slice")
+        axis = int(flat[0])
+        order = [axis] + [a for a in range(len(shape)) if a != axis]
+        tmp = Shapes([verts[:, order]], shape_type=[layer.shape_type[i]], ndim=len(shape))
+        mask = tmp.to_masks(mask_shape=tuple(shape[a] for a in order))[0]
+        out |= np.transpose(mask, np.argsort(order))
+    return out
 
 
 # ---------------------------------------------------------------------- worker bodies

@@ -3,7 +3,8 @@
 The rater types an id, picks a study file (and optionally the ratings database)
 and presses *Start / resume*. Images are shown one at a time, each beside the
 case's reference images if the study has any. With a blinded study the image
-layer is called ``"Image"`` and the references ``"Reference 1"``, ...: no model,
+layer is called ``"Image"`` and the references ``"Reference: <name>"`` (the
+reference names of the study file, e.g. ``t1``, shared by all conditions): no model,
 condition, case or file name appears in layer names, layer metadata, layer
 source, the window title or the widget; intensities are rescaled by the same
 percentile window for every condition, so value ranges do not give the source
@@ -30,15 +31,20 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QApplication,
     QButtonGroup,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QShortcut,
+    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
@@ -332,6 +338,7 @@ class ReaderStudyWidget(QWidget):
         study = session.study
         done, total = session.progress
         self.progress_label.setText(f"Image {session.position + 1} of {total} · {done}/{total} rated")
+        self.item_label.setVisible(not study.blinded)
         if study.blinded:
             self.item_label.setText("")
         else:
@@ -353,15 +360,23 @@ class ReaderStudyWidget(QWidget):
     def _on_loaded(self, result: dict[str, Any], token: int) -> None:
         if token != self._load_token or self.session is None:
             return  # the rater moved on before this item finished loading
-        blinded = self.session.study.blinded
-        self._remove_layers()
-        for i, (name, data, limits, affine) in enumerate(result["refs"]):
-            label = name if not blinded else f"Reference {i + 1}" if not name.strip() else f"Reference: {name}"
-            self._layers.append(self._add_image(data, limits, affine, label))
-        data, limits, affine = result["image"]
-        self._layers.append(self._add_image(data, limits, affine, "Image"))
-        if len(self._layers) > 1:
-            self.viewer.grid.enabled = True
+        wanted = [(f"Reference: {name}", data, limits, affine) for name, data, limits, affine in result["refs"]]
+        case_id, condition = self.session.current
+        wanted.append(("Image" if self.session.study.blinded else f"{condition} · {case_id}", *result["image"]))
+        current = [layer for layer in self._layers if layer in self.viewer.layers]
+        if [layer.name for layer in current[:-1]] == [w[0] for w in wanted[:-1]] and len(current) == len(wanted):
+            # Same layout as the previous item: swap the data in place, which is
+            # much cheaper than removing and adding layers, and keeps the list still.
+            for layer, (name, data, limits, affine) in zip(current, wanted):
+                layer.name = name
+                layer.data = data
+                layer.affine = affine
+                layer.reset_contrast_limits_range()
+                layer.contrast_limits = list(limits)
+        else:
+            self._remove_layers()
+            self._layers = [self._add_image(data, limits, affine, name) for name, data, limits, affine in wanted]
+        self.viewer.grid.enabled = len(self._layers) > 1
         self.viewer.layers.selection.active = self._layers[-1]
         self.viewer.reset_view()
         self.loaded = True
@@ -438,12 +453,22 @@ class ReaderStudyWidget(QWidget):
         return out
 
     # -- actions -----------------------------------------------------------------------------
+    def _typing_elsewhere(self) -> bool:
+        """True when keyboard focus is in a text or number field outside this widget.
+
+        A QLineEdit claims printable keys before shortcuts, but not Enter; this keeps
+        Enter in another dock widget's field (or napari's console) from saving a rating.
+        """
+        focus = QApplication.focusWidget()
+        inputs = (QLineEdit, QAbstractSpinBox, QTextEdit, QPlainTextEdit, QComboBox)
+        return isinstance(focus, inputs) and not self.isAncestorOf(focus)
+
     def _key_score(self, score: int) -> None:
-        if self.session is not None and self.rating_box.isEnabled():
+        if self.session is not None and self.rating_box.isEnabled() and not self._typing_elsewhere():
             self.choose_score(score)
 
     def _key_next(self) -> None:
-        if self.session is not None:
+        if self.session is not None and not self._typing_elsewhere():
             self.save_and_next()
 
     def save(self) -> int | None:

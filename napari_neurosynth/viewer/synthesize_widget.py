@@ -388,7 +388,8 @@ class SynthesizeWidget(QWidget):
             volumes,
             self.device,
             self.resample_check.isChecked(),
-            on_result=lambda res: self._add_result(res, source, layers),
+            [lay.name for lay in layers],
+            on_result=lambda res: self._add_result(res, source),
             desc=f"Synthesizing with {name}",
         )
         return self.worker
@@ -434,32 +435,13 @@ class SynthesizeWidget(QWidget):
                 )
         return card["name"], layers
 
-    def _add_result(self, result: dict, source, layers) -> None:
-        from napari_neurosynth.viewer.layers import volume_to_layer_data
-
+    def _add_result(self, result: dict, source) -> None:
+        # Only cheap work here (Qt thread): the layer data and contrast limits come ready from the worker.
         model = result["model"]
         self._models[model.name] = model
-        card = model.card
-        vol = result["volume"]
-        vol.metadata.pop("card", None)  # the engine's short card; the full one goes below
-        name = f"{modality_label(model.output)} (synthesized: {model.name})"
-        metadata = {
-            "synthesized": True,
-            "model": model.name,
-            "card": card,
-            "output": model.output,
-            "seconds": result["seconds"],
-            "device": result["device"],
-            "modality": model.output,
-            "source_layers": [lay.name for lay in layers],
-            "inputs": dict(zip(model.inputs, (lay.name for lay in layers))),
-        }
-        data, kwargs, _ = volume_to_layer_data(
-            vol, name=name, colormap="gray", contrast_limits=robust_contrast_limits(vol.data)
-        )
+        data, kwargs, _ = result["layer_data"]
+        kwargs.pop("affine", None)
         # Same world transform as the source layer, whatever mix of affine/scale/translate it uses.
-        kwargs.pop("affine")
-        kwargs["metadata"] = {**kwargs["metadata"], **metadata}
         layer = self.viewer.add_image(
             data,
             affine=source.affine,
@@ -541,15 +523,40 @@ class SynthesizeWidget(QWidget):
         return panels
 
 
-def _synthesize_job(name: str, model, volumes: list, device: str, resample: bool, *, progress, cancel) -> dict:
-    """Worker-thread body: load the bundle (once) and synthesize on the first input's grid."""
+def _synthesize_job(name: str, model, volumes: list, device: str, resample: bool, layer_names: list[str],
+                    *, progress, cancel) -> dict:
+    """Worker-thread body: load the bundle (once), synthesize, and prepare the layer data.
+
+    Everything proportional to the volume's size (the synthesis, percentiles for
+    the contrast limits) happens here, off the Qt thread.
+    """
     from napari_neurosynth.bundle import load_model
     from napari_neurosynth.inference import synthesize_volume
+    from napari_neurosynth.viewer.layers import volume_to_layer_data
 
     start = time.perf_counter()
     if model is None:
         model = load_model(name)
     vol = synthesize_volume(model, volumes, device=device, progress=progress, cancel=cancel, resample=resample)
     seconds = round(time.perf_counter() - start, 3)
-    info = vol.metadata.get("inference", {})
-    return {"model": model, "volume": vol, "seconds": seconds, "device": str(info.get("device", device))}
+    info = vol.metadata.pop("inference", {})
+    vol.metadata.pop("card", None)  # the engine's short card; the full one goes below
+    vol.metadata.update(
+        synthesized=True,
+        model=model.name,
+        card=model.card,
+        modality=model.output,
+        output=model.output,
+        seconds=seconds,
+        device=str(info.get("device", device)),
+        inference=info,
+        source_layers=list(layer_names),
+        inputs=dict(zip(model.inputs, layer_names)),
+    )
+    layer_data = volume_to_layer_data(
+        vol,
+        name=f"{modality_label(model.output)} (synthesized: {model.name})",
+        colormap="gray",
+        contrast_limits=robust_contrast_limits(vol.data),
+    )
+    return {"model": model, "layer_data": layer_data, "seconds": seconds, "device": vol.metadata["device"]}

@@ -1,0 +1,255 @@
+"""explain: z-map, disagreement regions, lesion fidelity, Grad-CAM / HiResCAM, uncertainty."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_neurosynth import load_model, make_phantom, synthesize
+from napari_neurosynth.bundle import Model
+from napari_neurosynth.errors import NeurosynthError
+from napari_neurosynth.explain import (
+    dice,
+    difference_map,
+    disagreement_regions,
+    gradcam,
+    lesion_fidelity,
+    roc_auc,
+    uncertainty,
+)
+from napari_neurosynth.io import Volume
+from napari_neurosynth.networks import build_network
+
+PLAQUE = 3  # lesion_mask label of the T1-isointense, T2-bright plaque
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def plaque_case():
+    """The acceptance case: a 3 mm phantom with plaques only, and the shipped t1_to_t2 synthesis."""
+    ph = make_phantom(seed=0, lesions=["plaque"], resolution=3.0, tissues=True)
+    model = load_model("t1_to_t2")
+    synth = ph["t2"].with_data(synthesize(model, ph["t1"], device="cpu"))
+    return ph, model, synth
+
+
+def _card(inputs, arch, context=0):
+    return {
+        "name": "scratch", "version": "0", "task": "cms", "inputs": list(inputs), "output": "t2",
+        "architecture": arch,
+        "normalization": {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1},
+        "slicing": {"plane": "axial", "context": context},
+    }
+
+
+def _model(name, inputs=("t1",), context=0, seed=0, **args):
+    """A real (untrained, seeded) generator from build_network wrapped as a Model."""
+    torch.manual_seed(seed)
+    net = build_network(name, **args).eval()
+    return Model(_card(inputs, net.architecture, context), net, Path("."), "scratch")
+
+
+def _mass_near(cam, centre, radius):
+    idx = np.indices(cam.shape)
+    d = np.sqrt(sum((i - c) ** 2 for i, c in zip(idx, centre)))
+    return float(cam[d <= radius].sum() / cam.sum())
+
+
+# --------------------------------------------------------------------------- z-map and regions
+
+
+def test_zmap_is_robustly_standardised_and_ignores_global_scale():
+    rng = np.random.default_rng(0)
+    t = 500.0 + 50 * ndi.gaussian_filter(rng.random((30, 30, 30)), 2)
+    t += rng.normal(0, 5, t.shape)
+    brain = np.zeros(t.shape, bool)
+    brain[3:27, 3:27, 3:27] = True
+    synth = t / t[brain].max() + rng.normal(0, 0.01, t.shape)  # normalised units, unlike t
+    synth[10:14, 10:14, 10:14] += 0.3  # invented bright blob
+    z = difference_map(synth, t, brain)
+    normal = brain.copy()
+    normal[9:15, 9:15, 9:15] = False
+    assert abs(np.median(z[normal])) < 0.05
+    assert 0.9 < 1.4826 * np.median(np.abs(z[normal])) < 1.1
+    assert z[10:14, 10:14, 10:14].min() > 5  # synthesis brighter -> positive
+    assert np.all(z[~brain] == 0)
+    # Without normalisation the 500x scale mismatch swamps the blob.
+    blob = np.zeros(t.shape, bool)
+    blob[10:14, 10:14, 10:14] = True
+    assert roc_auc(z[brain], blob[brain]) > 0.99
+    z_raw = difference_map(synth, t, brain, normalize=False)
+    assert roc_auc(z_raw[brain], blob[brain]) < 0.9
+
+
+def test_regions_table_world_units_sign_and_order():
+    affine = np.array([[2.0, 0, 0, -10], [0, 2, 0, 20], [0, 0, 3, 5], [0, 0, 0, 1]])
+    z = np.zeros((20, 20, 20), np.float32)
+    z[2:4, 2:4, 2:4] = -6  # 8 voxels, darker
+    z[10:13, 10:13, 10:13] = 4.5  # 27 voxels, brighter
+    z[10:13, 10:13, 13] = 2.5  # rim: joins the bright region by hysteresis only
+    z[17, 17, 17] = 9  # single voxel: below the minimum size
+    labels, table = disagreement_regions(Volume(z, affine), threshold=3, grow=2, min_voxels=4)
+    assert [r["label"] for r in table] == [1, 2]
+    big, small = table
+    assert big["voxels"] == 36 and big["mm3"] == pytest.approx(36 * 12.0)
+    assert big["sign"] == 1 and big["direction"] == "synthesis brighter"
+    assert small["voxels"] == 8 and small["direction"] == "synthesis darker" and small["mean_z"] == pytest.approx(-6)
+    assert small["centroid_world"] == pytest.approx([-10 + 2 * 2.5, 20 + 2 * 2.5, 5 + 3 * 2.5])
+    assert labels[17, 17, 17] == 0 and (labels == 1).sum() == 36
+    # no growing: the rim is left out; mm3 threshold needs a voxel size
+    _, table2 = disagreement_regions(Volume(z, affine), threshold=3, grow=None, min_voxels=1)
+    assert [r["voxels"] for r in table2] == [27, 8, 1]
+    with pytest.raises(NeurosynthError, match="voxel size"):
+        disagreement_regions(z, min_mm3=50)
+
+
+def test_difference_map_rejects_bad_input():
+    t = np.ones((8, 8, 8))
+    with pytest.raises(NeurosynthError, match="different grids"):
+        difference_map(t[:-1], t, t)
+    with pytest.raises(NeurosynthError, match="empty"):
+        difference_map(t, t, np.zeros_like(t))
+    bad = t.copy()
+    bad[1, 1, 1] = np.inf
+    with pytest.raises(NeurosynthError, match="NaN or Inf"):
+        difference_map(bad, t, t)
+
+
+def test_lesion_fidelity_flags_invented_and_keeps_preserved(phantom3):
+    t2, brain, lesion = phantom3["t2"], phantom3["brain_mask"], phantom3["lesion_mask"]
+    rng = np.random.default_rng(0)
+    synth = ndi.gaussian_filter(t2.data, 0.6) + rng.normal(0, 5, t2.shape)  # a faithful, smoother copy
+    # invent a bright "lesion" in a homogeneous patch of brain far from the real ones
+    mean = ndi.uniform_filter(t2.data.astype(float), 3)
+    var = ndi.uniform_filter(t2.data.astype(float) ** 2, 3) - mean**2
+    far = ndi.binary_erosion(brain.data > 0, iterations=3) & (ndi.distance_transform_edt(lesion.data == 0) > 6)
+    centre = np.unravel_index(np.argmin(np.where(far, var / mean**2, np.inf)), t2.shape)
+    blob = np.zeros(t2.shape, bool)
+    blob[tuple(slice(c - 1, c + 2) for c in centre)] = True
+    synth[blob] *= 1.8
+    result = lesion_fidelity(t2.with_data(synth), t2, lesion, brain)
+    assert result["n_erased"] == 0
+    statuses = {l["status"] for l in result["lesions"]}
+    assert statuses <= {"preserved", "not visible"} and "preserved" in statuses
+    assert {l["label"] for l in result["lesions"]} == {1, 2, 3}
+    hit = [r for r in result["invented"] if np.linalg.norm(
+        np.array(r["centroid_world"]) - (t2.affine @ np.r_[centre, 1])[:3]) < 6]
+    assert len(hit) == 1 and hit[0]["synthesized_contrast"] > 0.2 and hit[0]["direction"] == "synthesis brighter"
+
+
+# --------------------------------------------------------------------------- acceptance: erased plaque
+
+
+def test_t1_to_t2_misses_t1_isointense_plaque_and_the_zmap_finds_it(plaque_case):
+    ph, _, synth = plaque_case
+    t2, brain, lesion = ph["t2"], ph["brain_mask"].data > 0, ph["lesion_mask"].data == PLAQUE
+    assert lesion.sum() > 50
+    z = difference_map(synth, t2, ph["brain_mask"])
+    auc = roc_auc(np.abs(z[brain]), lesion[brain])
+    labels, table = disagreement_regions(Volume(z, t2.affine))
+    d = dice(labels > 0, lesion)
+    print(f"plaque ROC AUC |z| = {auc:.4f}, AUC -z = {roc_auc(-z[brain], lesion[brain]):.4f}, "
+          f"Dice = {d:.3f}, regions = {len(table)}")
+    assert auc >= 0.95
+    assert d >= 0.5
+    # the regions over the plaques say "synthesis darker" (the plaque is missing)
+    over = [r for r in table if (lesion & (labels == r["label"])).any()]
+    assert over and all(r["direction"] == "synthesis darker" for r in over)
+
+    fid = lesion_fidelity(synth, t2, ph["lesion_mask"], ph["brain_mask"], wm=ph["wm"].data > 0.5)
+    visible = [l for l in fid["lesions"] if l["status"] != "not visible"]
+    assert visible and all(l["erased"] for l in visible)
+    assert all(l["acquired"]["contrast"] > 0.2 and l["acquired"]["cnr"] > 2 for l in visible)
+    assert all(abs(l["synthesized"]["contrast"]) < 0.3 * l["acquired"]["contrast"] for l in visible)
+
+
+# --------------------------------------------------------------------------- Grad-CAM / HiResCAM
+
+
+def test_hirescam_concentrates_near_roi_and_gradcam_spreads(phantom3):
+    t1 = phantom3["t1"]
+    model = _model("resnet", in_channels=1, base=8, n_blocks=2)
+    roi = (slice(30, 34), slice(38, 42), 30)
+    centre = (31.5, 39.5, 30)
+    hi = gradcam(model, t1, roi)  # default: HiResCAM at the network's default layer ("trunk")
+    gc = gradcam(model, t1, roi, method="gradcam")
+    for cam in (hi, gc):
+        assert cam.shape == t1.shape and cam.dtype == np.float32
+        assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+        assert cam[..., :29].max() == 0 and cam[..., 31:].max() == 0  # only the ROI's slice is explained
+    # receptive field of this ResNet is local: most HiResCAM mass lies within 8 voxels (24 mm)
+    assert _mass_near(hi, centre, 8) > 0.6
+    assert _mass_near(hi, centre, 8) > 2 * _mass_near(gc, centre, 8)
+
+
+def test_gradcam_layers_per_input_and_errors(phantom3):
+    t1, t2 = phantom3["t1"], phantom3["t2"]
+    fusion = _model("fusion", inputs=("t1", "t2"), context=1, n_inputs=2, channels_per_input=3, base=8, n_blocks=1)
+    roi = np.zeros(t1.shape, bool)
+    roi[30:33, 38:41, 30] = True
+    maps = gradcam(fusion, [t1, t2], roi, per_input=True)
+    assert set(maps) == {"t1", "t2"}
+    for m in maps.values():
+        assert m.shape == t1.shape and m.max() == pytest.approx(1.0)
+        # 2.5-D context: the neighbouring input slices get their own share, nothing further away
+        assert m[..., 29:32].sum() > 0 and m[..., :29].max() == 0 and m[..., 32:].max() == 0
+    unet = _model("unet", in_channels=1, base=8, depth=2)
+    cam = gradcam(unet, t1, roi, layer="encoders.1")
+    assert cam.max() == pytest.approx(1.0)
+    with pytest.raises(NeurosynthError, match="not a submodule"):
+        gradcam(unet, t1, roi, layer="no.such.layer")
+    with pytest.raises(NeurosynthError, match="empty"):
+        gradcam(unet, t1, np.zeros(t1.shape, bool))
+    with pytest.raises(NeurosynthError, match="off the output grid"):
+        gradcam(unet, t1, np.ones((10, 10, 10), bool))
+    with pytest.raises(NeurosynthError, match="off the output grid"):
+        gradcam(unet, t1, (slice(60, 80), slice(0, 5), 3))
+    with pytest.raises(NeurosynthError, match="unknown CAM method"):
+        gradcam(unet, t1, roi, method="saliency")
+
+
+def test_cam_of_trained_model_changes_when_weights_are_randomized(plaque_case):
+    """Model-randomization sanity check (Adebayo et al. 2018) on the shipped t1_to_t2."""
+    ph, model, _ = plaque_case
+    t1 = ph["t1"]
+    k = t1.shape[2] // 2
+    roi = (slice(28, 36), slice(36, 44), k)
+    trained = gradcam(model, t1, roi)
+    randomized = copy.copy(model)
+    torch.manual_seed(123)
+    arch = model.card["architecture"]
+    randomized.network = build_network(arch["name"], **arch["args"]).eval()
+    rand = gradcam(randomized, t1, roi)
+    a, b = trained[..., k].ravel(), rand[..., k].ravel()
+    r = float(np.corrcoef(a, b)[0, 1])
+    print(f"trained vs randomized HiResCAM correlation: {r:.3f}")
+    assert r < 0.5
+    assert _mass_near(trained, (31.5, 39.5, k), 10) > 0.5
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def test_uncertainty_tta_and_mc_dropout(phantom3):
+    t1 = phantom3["t1"]
+    brain = phantom3["brain_mask"].data > 0
+    model = _model("resnet", in_channels=1, base=8, n_blocks=1)
+    std = uncertainty(model, t1, shifts=((0, 0), (2, 1)))
+    assert std.shape == t1.shape and std.dtype == np.float32 and np.isfinite(std).all()
+    assert std[brain].mean() > 0
+    # a network with dropout gets MC-dropout samples on top of the augmentations
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.5), torch.nn.Conv2d(8, 1, 3, padding=1)
+    ).eval()
+    drop = Model(_card(["t1"], {"name": "custom", "args": {}}), net, Path("."), "dropout")
+    mean, std_mc = uncertainty(drop, t1, shifts=((0, 0),), flips=False, n_dropout=4, return_mean=True)
+    assert std_mc[brain].mean() > 0 and mean.shape == t1.shape
+    std_none = uncertainty(drop, t1, shifts=((0, 0),), flips=False, n_dropout=0)
+    assert np.all(std_none == 0)  # one deterministic pass: no spread
