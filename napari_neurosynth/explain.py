@@ -352,11 +352,13 @@ def lesion_fidelity(
     z: np.ndarray | None = None,
     z_threshold: float = 3.0,
     min_voxels: int = 4,
+    min_lesion_voxels: int = 3,
 ) -> dict:
     """Is each lesion still there in the synthesis, and did it invent any?
 
     A *lesion* is a 26-connected component of one label value of ``lesion``
-    (tumour core and oedema are separate lesions). Its *ring* is the
+    (tumour core and oedema are separate lesions); fragments smaller than
+    ``min_lesion_voxels`` are skipped (counted in ``n_fragments_skipped``). Its *ring* is the
     normal-appearing tissue within ``ring_mm`` of it: inside the brain ``mask``
     (and ``wm`` when given: surrounding white matter), outside every lesion; the
     ring is widened (x2, up to 3 times) until it has at least 10 voxels. In each
@@ -383,10 +385,11 @@ def lesion_fidelity(
     dict
         ``lesions``: list of dicts (``id``, ``label``, ``voxels``, ``mm3``,
         ``centroid_world``, ``acquired`` and ``synthesized`` with ``mean``,
-        ``ring_mean``, ``ring_std``, ``contrast``, ``cnr``; ``retained``,
+        ``ring_median``, ``ring_sd``, ``contrast``, ``cnr``; ``retained``,
         ``status``, ``erased``); ``invented``: list of dicts (``region``,
         ``voxels``, ``mm3``, ``centroid_world``, ``synthesized_contrast``,
-        ``acquired_contrast``, ``direction``); ``n_erased``, ``n_invented``.
+        ``acquired_contrast``, ``direction``); ``n_erased``, ``n_invented``,
+        ``n_fragments_skipped``.
     """
     s, t = _normalized_pair(synth, target, normalize)
     brain = _bool_mask(mask, target, "brain mask")
@@ -401,9 +404,14 @@ def lesion_fidelity(
     vox = _voxel_mm3(affine)
 
     lesions = []
+    skipped = 0
     for value in np.unique(labels[any_lesion]):
         comp, n = ndi.label(labels == value, structure=_CONN26)
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
         for c in range(1, n + 1):
+            if sizes[c] < min_lesion_voxels:
+                skipped += 1
+                continue
             region = comp == c
             ring = _ring(region, allowed, spacing, ring_mm, 10)
             acq, syn = _contrast(t, region, ring), _contrast(s, region, ring)
@@ -460,6 +468,7 @@ def lesion_fidelity(
         "invented": invented,
         "n_erased": sum(l["erased"] for l in lesions),
         "n_invented": len(invented),
+        "n_fragments_skipped": skipped,
     }
 
 

@@ -125,7 +125,7 @@ def test_difference_map_rejects_bad_input():
 def test_lesion_fidelity_flags_invented_and_keeps_preserved(phantom3):
     t2, brain, lesion = phantom3["t2"], phantom3["brain_mask"], phantom3["lesion_mask"]
     rng = np.random.default_rng(0)
-    synth = ndi.gaussian_filter(t2.data, 0.6) + rng.normal(0, 5, t2.shape)  # a faithful, smoother copy
+    synth = ndi.gaussian_filter(t2.data, 0.4) + rng.normal(0, 5, t2.shape)  # a faithful, smoother copy
     # invent a bright "lesion" in a homogeneous patch of brain far from the real ones
     mean = ndi.uniform_filter(t2.data.astype(float), 3)
     var = ndi.uniform_filter(t2.data.astype(float) ** 2, 3) - mean**2
@@ -138,6 +138,7 @@ def test_lesion_fidelity_flags_invented_and_keeps_preserved(phantom3):
     assert result["n_erased"] == 0
     statuses = {l["status"] for l in result["lesions"]}
     assert statuses <= {"preserved", "not visible"} and "preserved" in statuses
+    assert all(l["retained"] > 0.7 for l in result["lesions"] if l["status"] == "preserved")
     assert {l["label"] for l in result["lesions"]} == {1, 2, 3}
     hit = [r for r in result["invented"] if np.linalg.norm(
         np.array(r["centroid_world"]) - (t2.affine @ np.r_[centre, 1])[:3]) < 6]
@@ -173,20 +174,15 @@ def test_t1_to_t2_misses_t1_isointense_plaque_and_the_zmap_finds_it(plaque_case)
 # --------------------------------------------------------------------------- Grad-CAM / HiResCAM
 
 
-def test_hirescam_concentrates_near_roi_and_gradcam_spreads(phantom3):
+def test_cam_maps_are_on_the_input_grid_in_unit_range(phantom3):
     t1 = phantom3["t1"]
     model = _model("resnet", in_channels=1, base=8, n_blocks=2)
     roi = (slice(30, 34), slice(38, 42), 30)
-    centre = (31.5, 39.5, 30)
-    hi = gradcam(model, t1, roi)  # default: HiResCAM at the network's default layer ("trunk")
-    gc = gradcam(model, t1, roi, method="gradcam")
-    for cam in (hi, gc):
+    for method in ("hirescam", "gradcam"):
+        cam = gradcam(model, t1, roi, method=method)  # default layer: the ResNet's "trunk"
         assert cam.shape == t1.shape and cam.dtype == np.float32
         assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
-        assert cam[..., :29].max() == 0 and cam[..., 31:].max() == 0  # only the ROI's slice is explained
-    # receptive field of this ResNet is local: most HiResCAM mass lies within 8 voxels (24 mm)
-    assert _mass_near(hi, centre, 8) > 0.6
-    assert _mass_near(hi, centre, 8) > 2 * _mass_near(gc, centre, 8)
+        assert cam[..., :30].max() == 0 and cam[..., 31:].max() == 0  # only the ROI's slice is explained
 
 
 def test_gradcam_layers_per_input_and_errors(phantom3):
@@ -215,31 +211,39 @@ def test_gradcam_layers_per_input_and_errors(phantom3):
         gradcam(unet, t1, roi, method="saliency")
 
 
-def test_cam_of_trained_model_changes_when_weights_are_randomized(plaque_case):
-    """Model-randomization sanity check (Adebayo et al. 2018) on the shipped t1_to_t2."""
+def test_trained_cam_is_local_and_fails_model_randomization(plaque_case):
+    """HiResCAM of the shipped t1_to_t2 stays near the ROI (Grad-CAM spreads), and it changes when
+    the weights are randomized (the model-randomization check of Adebayo et al. 2018)."""
     ph, model, _ = plaque_case
     t1 = ph["t1"]
     k = t1.shape[2] // 2
-    roi = (slice(28, 36), slice(36, 44), k)
-    trained = gradcam(model, t1, roi)
+    roi = (slice(30, 34), slice(38, 42), k)
+    centre = (31.5, 39.5, k)
+    hires = gradcam(model, t1, roi)
+    pooled = gradcam(model, t1, roi, method="gradcam")
+    near_hi, near_gc = _mass_near(hires, centre, 8), _mass_near(pooled, centre, 8)
+    print(f"CAM mass within 8 voxels (24 mm) of the ROI: HiResCAM {near_hi:.3f}, Grad-CAM {near_gc:.3f}")
+    assert near_hi > 0.5
+    assert near_hi > 2 * near_gc
+
     randomized = copy.copy(model)
     torch.manual_seed(123)
     arch = model.card["architecture"]
     randomized.network = build_network(arch["name"], **arch["args"]).eval()
     rand = gradcam(randomized, t1, roi)
-    a, b = trained[..., k].ravel(), rand[..., k].ravel()
-    r = float(np.corrcoef(a, b)[0, 1])
+    r = float(np.corrcoef(hires[..., k].ravel(), rand[..., k].ravel())[0, 1])
     print(f"trained vs randomized HiResCAM correlation: {r:.3f}")
     assert r < 0.5
-    assert _mass_near(trained, (31.5, 39.5, k), 10) > 0.5
 
 
 # --------------------------------------------------------------------------- uncertainty
 
 
 def test_uncertainty_tta_and_mc_dropout(phantom3):
+    # a block of the head keeps this quick: each sample is a full synthesis
     t1 = phantom3["t1"]
-    brain = phantom3["brain_mask"].data > 0
+    t1 = Volume(np.ascontiguousarray(t1.data[8:56, 12:64, 26:34]), t1.affine)
+    brain = phantom3["brain_mask"].data[8:56, 12:64, 26:34] > 0
     model = _model("resnet", in_channels=1, base=8, n_blocks=1)
     std = uncertainty(model, t1, shifts=((0, 0), (2, 1)))
     assert std.shape == t1.shape and std.dtype == np.float32 and np.isfinite(std).all()
@@ -249,7 +253,7 @@ def test_uncertainty_tta_and_mc_dropout(phantom3):
         torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.5), torch.nn.Conv2d(8, 1, 3, padding=1)
     ).eval()
     drop = Model(_card(["t1"], {"name": "custom", "args": {}}), net, Path("."), "dropout")
-    mean, std_mc = uncertainty(drop, t1, shifts=((0, 0),), flips=False, n_dropout=4, return_mean=True)
+    mean, std_mc = uncertainty(drop, t1, shifts=((0, 0),), flips=False, n_dropout=3, return_mean=True)
     assert std_mc[brain].mean() > 0 and mean.shape == t1.shape
     std_none = uncertainty(drop, t1, shifts=((0, 0),), flips=False, n_dropout=0)
     assert np.all(std_none == 0)  # one deterministic pass: no spread

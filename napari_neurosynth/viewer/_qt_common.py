@@ -107,7 +107,7 @@ class LayerCombo(QComboBox):
         self._prefer = prefer
         self._user_chose = False
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
+        self.setMinimumContentsLength(8)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         self.activated.connect(self._on_user_choice)
         events = viewer.layers.events

@@ -206,7 +206,7 @@ class CompareExplainWidget(QWidget):
         # --- explain tab
         self.roi_combo = LayerCombo(self.viewer, (Shapes, Labels), optional=True, prefer=_name_has("roi"))
         self.roi_combo.setToolTip("A Shapes layer with a rectangle, or a Labels layer, on the synthesized grid")
-        self.add_roi_button = QPushButton("Add ROI layer")
+        self.add_roi_button = QPushButton("Add ROI layer (draw a rectangle)")
         self.add_roi_button.setToolTip("A Shapes layer on the synthesized image's grid, ready to draw a rectangle")
         self.add_roi_button.clicked.connect(self.add_roi_layer)
         self.model_label = QLabel("–")
@@ -222,14 +222,12 @@ class CompareExplainWidget(QWidget):
         self.cam_layer_combo.setToolTip("Network layer to explain; 'input' attributes to the input voxels")
         self.cam_button = QPushButton("Explain ROI (Grad-CAM)")
         self.uncertainty_button = QPushButton("Uncertainty map (test-time augmentation)")
-        roi_row = QHBoxLayout()
-        roi_row.addWidget(self.roi_combo, 1)
-        roi_row.addWidget(self.add_roi_button)
         explain_tab = QWidget()
         el = QFormLayout(explain_tab)
         el.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         el.addRow("Model", self.model_label)
-        el.addRow("ROI", roi_row)
+        el.addRow("ROI", self.roi_combo)
+        el.addRow(self.add_roi_button)
         el.addRow("Method", self.method_combo)
         el.addRow("Layer", self.cam_layer_combo)
         el.addRow(self.cam_button)
@@ -253,9 +251,10 @@ class CompareExplainWidget(QWidget):
         layout.addLayout(choose)
         layout.addWidget(self.tabs, 1)
         bottom = QHBoxLayout()
-        bottom.addWidget(self.status, 1)
+        bottom.addStretch(1)
         bottom.addWidget(self.cancel_button)
         layout.addLayout(bottom)
+        layout.addWidget(self.status)
 
         busy = [self.metrics_button, self.diff_button, self.cam_button, self.uncertainty_button,
                 self.synth_combo, self.target_combo, self.mask_combo, self.lesion_combo]
