@@ -25,6 +25,7 @@ _EXPORTS = {
     "list_models": "napari_neurosynth.bundle",
     "load_model": "napari_neurosynth.bundle",
     "synthesize": "napari_neurosynth.inference",
+    "RatingStore": "napari_neurosynth.ratings",
     "NeurosynthError": "napari_neurosynth.errors",
     "CancelledError": "napari_neurosynth.errors",
 }
