@@ -189,17 +189,18 @@ def disagreement_regions(
     z: ArrayOrVolume,
     threshold: float = 3.0,
     *,
-    grow: float | None = 2.0,
+    grow: float | None = None,
     min_voxels: int = 4,
     min_mm3: float | None = None,
     affine: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Connected regions where the synthesis disagrees with the acquired image.
 
-    Voxels with ``|z| >= threshold`` seed regions, which then grow through
-    26-connected voxels of the same sign with ``|z| >= grow`` (hysteresis
-    thresholding; ``grow=None`` disables it): the seed threshold keeps false
-    alarms rare, the lower one recovers a lesion's partial-volume rim. Brighter
+    Voxels with ``|z| >= threshold`` form 26-connected regions. With ``grow``
+    (hysteresis thresholding) the regions also take in connected voxels of the
+    same sign with ``|z| >= grow``, which recovers a lesion's partial-volume rim;
+    it is off by default because at 26-connectivity a grow level near 2 lets
+    spatially correlated residual noise percolate into large regions. Brighter
     and darker regions are labelled separately, so each region has one sign.
     Regions smaller than ``min_voxels`` (or ``min_mm3`` when given and the voxel
     size is known) are dropped.
@@ -211,7 +212,7 @@ def disagreement_regions(
     threshold : float
         Seed threshold on ``|z|`` (default 3: about 1 voxel in 370 of Gaussian noise).
     grow : float or None
-        Growing threshold on ``|z|`` (default 2), at most ``threshold``.
+        Optional growing threshold on ``|z|`` (at most ``threshold``; default off).
     min_voxels, min_mm3 : int, float
         Minimum region size.
     affine : numpy.ndarray, optional

@@ -712,8 +712,9 @@ def synthesize_volume(model: Any, inputs: Any, device: str | torch.device = "aut
 # --------------------------------------------------------------------------- the naive reference
 
 
-def reference_synthesize(model: Any, inputs: Any, resample: bool = False) -> np.ndarray:
-    """The naive baseline: one full slice at a time, fp32, on the CPU.
+def reference_synthesize(model: Any, inputs: Any, resample: bool = False,
+                         device: str | torch.device = "cpu") -> np.ndarray:
+    """The naive baseline: one full slice at a time, fp32, on ``device`` (CPU by default).
 
     Written the way public research code runs a trained generator over a volume
     (pytorch-CycleGAN-and-pix2pix's ``test.py``: ``model.eval()``, then for every
@@ -730,7 +731,8 @@ def reference_synthesize(model: Any, inputs: Any, resample: bool = False) -> np.
     slicing = model.card.get("slicing") or {}
     axis = slice_axis(volumes[0].affine, slicing.get("plane", "axial"))
     context = int(slicing.get("context", 0))
-    net = model.network
+    dev = resolve_device(device)
+    net = model.network if dev.type == "cpu" else copy.deepcopy(model.network).to(dev)
     net.eval()
     divisor = int(getattr(net, "size_divisor", 1) or 1)
     normalised = [np.moveaxis(v.data.astype(np.float32) / s, axis, 0) for v, s in zip(volumes, scales)]
@@ -741,7 +743,7 @@ def reference_synthesize(model: Any, inputs: Any, resample: bool = False) -> np.
         for vol in normalised:
             for off in range(-context, context + 1):
                 channels.append(vol[min(max(s + off, 0), n - 1)])
-        real = torch.from_numpy(np.stack(channels)[None].astype(np.float32))
+        real = torch.from_numpy(np.stack(channels)[None].astype(np.float32)).to(dev)
         real = F.pad(real, (0, (-W) % divisor, 0, (-H) % divisor))
         with torch.no_grad():
             fake = net(real)

@@ -110,3 +110,32 @@ def test_bad_inputs_raise_clear_errors():
         evaluate(s, t, mask=np.zeros(t.shape))
     with pytest.raises(NeurosynthError, match="different grids"):
         evaluate(s, t, mask=mask[1:])
+
+
+def test_cli_evaluate_table_json_csv_and_grid_error(tmp_path, capsys):
+    from napari_neurosynth.cli import main
+    from napari_neurosynth.io import write_volume
+
+    s, t, mask = _pair((24, 26, 22))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    paths = {}
+    for name, arr in {"synth": s, "target": t, "mask": mask.astype(np.uint8), "small": t[:-2]}.items():
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        write_volume(Volume(np.asarray(arr, np.float32) if name != "mask" else arr, affine), paths[name])
+
+    assert main(["evaluate", paths["synth"], paths["target"], "--mask", paths["mask"], "--csv", str(tmp_path / "m.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "global" in out and "brain" in out and "k-space error profile" in out and "normalised" in out
+
+    assert main(["evaluate", paths["synth"], paths["target"], "--mask", paths["mask"], "--json", "--no-normalize"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    direct = evaluate(s.astype(np.float32), t.astype(np.float32), mask=mask)
+    assert result["psnr_brain"] == pytest.approx(direct["psnr_brain"], abs=1e-3)
+    assert result["ssim"] == pytest.approx(direct["ssim"], abs=1e-3)
+    assert len(result["kspace"]) == 8 and result["kspace"][0]["low"] == 0
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,name") and len(rows) == 1 + 2 + 8
+
+    assert main(["evaluate", paths["small"], paths["target"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different grids" in err

@@ -13,13 +13,12 @@ import csv
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import (
@@ -97,7 +96,7 @@ class LayerCombo(QComboBox):
         viewer,
         layer_types: type | tuple[type, ...],
         optional: bool = False,
-        prefer: Callable[[Any], bool] | None = None,
+        prefer: Callable[[Any], float] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -141,7 +140,7 @@ class LayerCombo(QComboBox):
         self.setCurrentIndex(idx)
         self._user_chose = True
 
-    def set_prefer(self, prefer: Callable[[Any], bool] | None) -> None:
+    def set_prefer(self, prefer: Callable[[Any], float] | None) -> None:
         """Change the preference rule and re-apply it if the user has not chosen."""
         self._prefer = prefer
         self._user_chose = False
@@ -262,6 +261,7 @@ class BackgroundJob(QObject):
         self.worker = None
         self.cancel_event: threading.Event | None = None
         self.last_error: BaseException | None = None
+        self._finished = True
         self._pbar = None
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
@@ -271,6 +271,7 @@ class BackgroundJob(QObject):
 
     @property
     def running(self) -> bool:
+        """Whether a job was started and its ``finished`` has not yet been handled in the Qt thread."""
         return self.worker is not None and self.cancel_event is not None and not self._finished
 
     def start(
@@ -357,8 +358,6 @@ class BackgroundJob(QObject):
                 self.cancel_button.setEnabled(busy)
             except RuntimeError:
                 pass
-
-    _finished = True
 
 
 # --------------------------------------------------------------------------- tables
@@ -491,7 +490,7 @@ class ResultTable(QWidget):
             raise NeurosynthError(f"The {self.title} is empty; compute it before exporting")
         try:
             if path.suffix.lower() == ".json":
-                path.write_text(json.dumps(self.rows, indent=2, default=_json_default))
+                path.write_text(json.dumps(finite_or_none(self.rows), indent=2, default=json_default))
             else:
                 with path.open("w", newline="") as fh:
                     writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
@@ -524,7 +523,22 @@ class ResultTable(QWidget):
         self.export_button.setEnabled(has)
 
 
-def _json_default(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
+    """``value`` with NaN and infinite floats replaced by ``None`` (nested), so the JSON is strict.
+
+    Python's json writes ``NaN``/``Infinity``, which most JSON readers reject.
+    """
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
+def json_default(value: Any) -> Any:
+    """``default=`` for :func:`json.dumps`: numpy scalars and arrays as Python values."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -559,13 +573,3 @@ def robust_contrast_limits(data: np.ndarray, low: float = 0.5, high: float = 99.
     if hi <= lo:
         hi = lo + 1.0
     return (lo, float(hi))
-
-
-def elapsed(start: float) -> float:
-    """Seconds since ``start`` (a ``time.perf_counter()`` value), rounded to ms."""
-    return round(time.perf_counter() - start, 3)
-
-
-def warn(message: str) -> None:
-    """Show a warning notification (used for wrong choices in the widgets)."""
-    show_warning(message)

@@ -49,6 +49,8 @@ from ._qt_common import (
     BackgroundJob,
     LayerCombo,
     ResultTable,
+    finite_or_none,
+    json_default,
     modality_matcher,
     notify_exception,
     robust_contrast_limits,
@@ -387,7 +389,18 @@ class CompareExplainWidget(QWidget):
         self.status.setText(msg + ".")
 
     def export_metrics(self, path: str | Path) -> Path:
-        """Save the metrics: ``.json`` gets everything (regions, k-space, lesion fidelity), else the table as CSV."""
+        """Save the metrics: ``.json`` gets everything, any other suffix the metrics table as CSV.
+
+        The JSON holds the chosen layer names, the full
+        :func:`~napari_neurosynth.metrics.evaluate` result (per region, k-space
+        bands) and the lesion-fidelity result; NaN and infinite values (e.g. the
+        PSNR of identical images) are written as ``null``.
+
+        Raises
+        ------
+        NeurosynthError
+            No metrics computed yet, or the file cannot be written.
+        """
         path = Path(path)
         if self.metrics is None:
             raise NeurosynthError("No metrics yet; press 'Compute metrics' first")
@@ -395,7 +408,7 @@ class CompareExplainWidget(QWidget):
             return self.metrics_table.export(path)
         payload = {"layers": self._selection, "metrics": self.metrics, "lesion_fidelity": self.fidelity}
         try:
-            path.write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=True))
+            path.write_text(json.dumps(finite_or_none(payload), indent=2, default=json_default))
         except OSError as exc:
             raise NeurosynthError(f"Cannot write {path}: {exc.strerror or exc}; choose another file") from exc
         return path
@@ -664,11 +677,3 @@ def _uncertainty_job(model, inputs, *, progress, cancel) -> np.ndarray:
     std = uncertainty(model, inputs, device="auto")
     progress(1.0)
     return std
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

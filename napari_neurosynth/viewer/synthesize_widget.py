@@ -24,7 +24,6 @@ import html
 import time
 from typing import Any
 
-import numpy as np
 from napari.layers import Image
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (

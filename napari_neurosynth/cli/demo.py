@@ -1,0 +1,61 @@
+"""``neurosynth demo``: the product tour (see :mod:`napari_neurosynth.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="open napari with the phantom, synthesize, compare, explain and rate",
+        description=(
+            "Open napari with the brain phantom, synthesize a T2 from the T1 with a shipped model, "
+            "add the difference z-map and a HiResCAM of a lesion region, and open a blinded reader study. "
+            "With --offscreen (or no display) it saves screenshots, prints the metrics table and exits."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("neurosynth-demo"), help="folder for screenshots and outputs")
+    p.add_argument("--offscreen", action="store_true",
+                   help="save screenshots and exit (implied when there is no display)")
+    p.add_argument("--resolution", type=float, default=1.0, help="phantom voxel size in mm (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="phantom subject (default 0)")
+    p.add_argument("--model", default="t1_to_t2", help="model bundle (default t1_to_t2)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import SCREENSHOTS, run_demo
+    from .evaluate import format_table
+
+    offscreen = args.offscreen or not os.environ.get("DISPLAY")
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        print("neurosynth demo: no display; run it under `xvfb-run -a` (make demo does) to render offscreen")
+    result = run_demo(args.out, offscreen=offscreen, resolution=args.resolution, seed=args.seed,
+                      model=args.model, device=args.device)
+    print(f"\nSynthesis with {args.model}: {result['seconds']:.1f} s (phantom seed {args.seed}, "
+          f"{args.resolution:g} mm)\n")
+    print("Metrics of the synthesized T2 against the acquired T2:")
+    print(format_table(result["metrics"]))
+    if result.get("fidelity"):
+        print("\nLesion fidelity (contrast against surrounding white matter):")
+        for row in result["fidelity"]:
+            print("  " + ", ".join(f"{k}={_short(v)}" for k, v in row.items() if not isinstance(v, (list, dict))))
+    if result.get("regions") is not None:
+        print(f"\nDisagreement regions: {len(result['regions'])}")
+    print("\nScreenshots:")
+    for key, path in result["screenshots"].items():
+        print(f"  {path}  ({SCREENSHOTS[key]})")
+    print(f"Metrics also saved to {args.out.resolve() / 'metrics.json'} and metrics.csv")
+    if not offscreen:
+        import napari
+
+        napari.run()
+    return 0
+
+
+def _short(v):
+    return f"{v:.3g}" if isinstance(v, float) else v

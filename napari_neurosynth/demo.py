@@ -1,0 +1,257 @@
+"""The product tour behind ``make demo`` / ``neurosynth demo``.
+
+It drives the three dock widgets the way a radiologist would: open a subject's
+T1 and T2 (the phantom), synthesize a T2 from the T1 with the shipped
+``t1_to_t2`` model, compare it with the acquired T2 (metrics, difference
+z-map, disagreement regions), explain the region around a lesion with
+HiResCAM, and open a one-case blinded reader study. With ``offscreen=True``
+(no display: under Xvfb) it saves screenshots, prints the metrics table and
+exits; otherwise it leaves the viewer open.
+
+The demo uses the widgets' public methods rather than computing results
+itself, so what it shows is exactly what the widgets do.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import NeurosynthError
+
+#: Screenshots written by :func:`run_demo`, in the order a user meets them.
+SCREENSHOTS = {
+    "01_opened": "Phantom T1 and T2 opened, axial view, lesions outlined",
+    "02_synthesized": "Side by side: T1 | synthesized T2 | acquired T2",
+    "03_difference": "Difference z-map and disagreement regions over the acquired T2",
+    "04_gradcam": "HiResCAM of the lesion region over the T1",
+    "05_reader_study": "Reader Study: blinded MOS capture",
+}
+
+
+def _wait(job: Any, timeout: float, what: str) -> None:
+    """Process Qt events until a widget's background job ends (or time out)."""
+    from qtpy.QtWidgets import QApplication
+
+    start = time.monotonic()
+    while job.running:
+        QApplication.processEvents()
+        if time.monotonic() - start > timeout:
+            job.cancel()
+            raise NeurosynthError(f"demo: {what} did not finish within {timeout:.0f} s")
+        time.sleep(0.02)
+    QApplication.processEvents()
+    if job.last_error is not None:
+        raise NeurosynthError(f"demo: {what} failed: {job.last_error}")
+
+
+def _settle(seconds: float = 0.3) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def _grab(viewer: Any, path: Path) -> Path:
+    """Screenshot of the whole window, dock widgets included."""
+    _settle()
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    return path
+
+
+def _largest_lesion(lesion: np.ndarray, label: int) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """Mask and centroid voxel of the largest connected lesion with ``label``."""
+    from scipy import ndimage
+
+    comps, n = ndimage.label(lesion == label)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
+    biggest = comps == (int(np.argmax(sizes)) + 1)
+    centre = tuple(int(round(c)) for c in ndimage.center_of_mass(biggest))
+    return biggest, centre
+
+
+def _write_demo_study(folder: Path, acquired: Any, synthesized: Any, reference: Any) -> Path:
+    """A one-case blinded study (acquired vs synthesized T2, T1 as reference)."""
+    from .io import write_volume
+    from .study import create_study
+
+    for condition, volume in (("acquired", acquired), ("t1_to_t2", synthesized), ("t1", reference)):
+        (folder / condition).mkdir(parents=True, exist_ok=True)
+        write_volume(volume, folder / condition / "sub-demo.nii.gz")
+    study = create_study(folder, study_id="demo", seed=0, blinded=True, turing=True, references=["t1"])
+    path = folder / "study.yaml"
+    study.save(path)
+    return path
+
+
+def run_demo(
+    out_dir: str | Path | None = None,
+    offscreen: bool = False,
+    resolution: float = 1.0,
+    seed: int = 0,
+    model: str = "t1_to_t2",
+    device: str = "auto",
+    timeout: float = 900.0,
+) -> dict:
+    """Run the product tour in a napari viewer.
+
+    Parameters
+    ----------
+    out_dir : str or Path, optional
+        Where screenshots, the metrics (JSON/CSV) and the demo study go
+        (default ``./neurosynth-demo``).
+    offscreen : bool
+        Save screenshots and close the viewer at the end instead of leaving it
+        open (what ``make demo`` does without a display, under Xvfb).
+    resolution : float
+        Phantom voxel size in mm (1 mm is the MNI grid, 197x233x189).
+    seed : int
+        Phantom subject.
+    model : str
+        Model bundle to synthesize with.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    timeout : float
+        Seconds allowed for each background step.
+
+    Returns
+    -------
+    dict
+        ``screenshots`` (paths), ``metrics`` (the :func:`~napari_neurosynth.metrics.evaluate`
+        result the widget shows), ``regions`` (the disagreement table),
+        ``fidelity`` (lesion fidelity rows) and ``seconds`` (synthesis time).
+    """
+    import napari
+
+    from .viewer.compare_widget import CompareExplainWidget
+    from .viewer.layers import set_anatomical_view
+    from .viewer.sample_data import phantom_sample
+    from .viewer.study_widget import ReaderStudyWidget
+    from .viewer.synthesize_widget import SynthesizeWidget
+
+    out = Path(out_dir or "neurosynth-demo").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shots: dict[str, Path] = {}
+
+    viewer = napari.Viewer(title="napari-neurosynth demo")
+    viewer.window._qt_window.resize(1600, 1000)
+    for data, kwargs, kind in phantom_sample(seed=seed, resolution=resolution):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    set_anatomical_view(viewer, "axial")
+    t1, t2, lesions = viewer.layers["T1"], viewer.layers["T2"], viewer.layers["lesions"]
+    t2.visible = True
+
+    # Go to the slice through the largest T1-isointense plaque (label 3): the
+    # lesion a T1-to-T2 model cannot see, so the one the review must catch.
+    found = _largest_lesion(np.asarray(lesions.data), 3) or _largest_lesion(np.asarray(lesions.data) > 0, 1)
+    if found is None:
+        raise NeurosynthError("demo: the phantom has no lesion to review")
+    plaque, centre = found
+    viewer.dims.set_point(2, float(t1.data_to_world(centre)[2]))
+
+    synth_w = SynthesizeWidget(viewer)
+    compare_w = CompareExplainWidget(viewer)
+    study_w = ReaderStudyWidget(viewer)
+    viewer.window.add_dock_widget(synth_w, name="Synthesize", area="right")
+    viewer.window.add_dock_widget(compare_w, name="Compare & Explain", area="right", tabify=True)
+    viewer.window.add_dock_widget(study_w, name="Reader Study", area="right", tabify=True)
+    _raise_dock(synth_w)
+    shots["01_opened"] = _grab(viewer, out / "01_opened.png")
+
+    # --- synthesize through the widget
+    synth_w.set_model(model)
+    synth_w.set_device(device)
+    synth_w.input_combos["t1"].set_layer(t1)
+    synth_w.target_combo.set_layer(t2)
+    started = time.monotonic()
+    if synth_w.run() is None:
+        raise NeurosynthError("demo: the Synthesize widget refused the choices (see the notification)")
+    _wait(synth_w.job, timeout, "synthesis")
+    seconds = time.monotonic() - started
+    synth_layer = synth_w.result_layer
+    synth_w.side_by_side_check.setChecked(True)
+    shots["02_synthesized"] = _grab(viewer, out / "02_synthesized.png")
+    synth_w.side_by_side_check.setChecked(False)
+
+    # --- compare: metrics, z-map and regions
+    _raise_dock(compare_w)
+    compare_w.synth_combo.set_layer(synth_layer)
+    compare_w.target_combo.set_layer(t2)
+    compare_w.mask_combo.set_layer(viewer.layers["brain mask"])
+    compare_w.lesion_combo.set_layer(lesions)
+    if compare_w.compute_metrics() is None:
+        raise NeurosynthError("demo: the Compare & Explain widget refused the metrics choices")
+    _wait(compare_w.job, timeout, "metrics")
+    metrics = compare_w.metrics
+    compare_w.export_metrics(out / "metrics.json")
+    compare_w.export_metrics(out / "metrics.csv")
+    if compare_w.add_difference_map() is None:
+        raise NeurosynthError("demo: the Compare & Explain widget refused the difference-map choices")
+    _wait(compare_w.job, timeout, "difference map")
+    for layer in viewer.layers:
+        layer.visible = layer.name in {"T2"} or layer in (compare_w.zmap_layer, compare_w.regions_layer)
+    shots["03_difference"] = _grab(viewer, out / "03_difference.png")
+
+    # --- explain the plaque region of the synthesized image
+    roi = compare_w.add_roi_layer()
+    ii, jj = np.nonzero(plaque[:, :, centre[2]])
+    pad = 3
+    i0, i1 = ii.min() - pad, ii.max() + pad
+    j0, j1 = jj.min() - pad, jj.max() + pad
+    k = centre[2]
+    roi.add_rectangles(np.array([[i0, j0, k], [i0, j1, k], [i1, j1, k], [i1, j0, k]], float))
+    roi.mode = "pan_zoom"
+    if compare_w.explain_roi() is None:
+        raise NeurosynthError("demo: the Compare & Explain widget refused the Grad-CAM choices")
+    _wait(compare_w.job, timeout, "Grad-CAM")
+    for layer in viewer.layers:
+        layer.visible = layer.name in {"T1", roi.name} or layer is compare_w.cam_layer
+    shots["04_gradcam"] = _grab(viewer, out / "04_gradcam.png")
+
+    # --- reader study: acquired vs synthesized, blinded
+    from .viewer.layers import layer_to_volume
+
+    study_path = _write_demo_study(out / "study", layer_to_volume(t2), layer_to_volume(synth_layer),
+                                   layer_to_volume(t1))
+    for layer in viewer.layers:
+        layer.visible = layer.name in {"T1", "T2"}
+    _raise_dock(study_w)
+    study_w.rater_edit.setText("demo-rater")
+    study_w.study_edit.setText(str(study_path))
+    study_w.db_edit.setText(str(out / "ratings.sqlite"))
+    study_w.start()
+    _settle(1.0)
+    deadline = time.monotonic() + timeout
+    while not study_w.loaded and time.monotonic() < deadline:
+        _settle(0.1)
+    shots["05_reader_study"] = _grab(viewer, out / "05_reader_study.png")
+
+    result = {
+        "screenshots": shots,
+        "metrics": metrics,
+        "regions": compare_w.regions,
+        "fidelity": compare_w.fidelity,
+        "seconds": seconds,
+        "viewer": viewer,
+    }
+    if offscreen:
+        study_w.stop()
+        viewer.close()
+    return result
+
+
+def _raise_dock(widget: Any) -> None:
+    """Bring a tabified dock widget to the front."""
+    dock = widget.parent()
+    while dock is not None and not hasattr(dock, "raise_"):
+        dock = dock.parent()
+    if dock is not None:
+        dock.raise_()
+        _settle(0.1)
