@@ -121,6 +121,30 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- difference map
 
 
+def _conditional_centre_spread(pred: np.ndarray, resid: np.ndarray, bins: int) -> tuple:
+    """Median and robust SD of ``resid`` as smooth functions of ``pred``.
+
+    Quantile bins of ``pred``; per bin the median and 1.4826 x MAD of ``resid``;
+    linear interpolation between the bins' median ``pred`` (clamped at the ends).
+    """
+    edges = np.quantile(pred, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges[1:-1], pred, side="right"), 0, bins - 1)
+    centres, meds, sds = [], [], []
+    for i in range(bins):
+        sel = which == i
+        if sel.sum() < 20:  # too few voxels for a stable MAD: merge into the neighbours by skipping
+            continue
+        c, sd = robust_sigma(resid[sel])
+        centres.append(float(np.median(pred[sel])))
+        meds.append(c)
+        sds.append(sd)
+    if not centres:
+        c, sd = robust_sigma(resid)
+        return np.array([0.0]), np.array([c]), np.array([sd])
+    order = np.argsort(centres)
+    return np.asarray(centres)[order], np.asarray(meds)[order], np.asarray(sds)[order]
+
+
 def difference_map(
     synth: ArrayOrVolume,
     target: ArrayOrVolume,
@@ -128,19 +152,35 @@ def difference_map(
     *,
     lesion: ArrayOrVolume | None = None,
     normalize: bool = True,
+    spread: str = "intensity",
+    bins: int = 10,
 ) -> np.ndarray:
     """The synthesized-minus-acquired difference as a z-map.
 
-    ``z = (r - median(r_N)) / (1.4826 * MAD(r_N))`` where ``r = s - t`` is the
-    residual and ``r_N`` its values in *normal-appearing tissue*: the brain
-    ``mask`` minus the ``lesion`` mask when one is given. Median and MAD are robust,
-    so even without a lesion mask a lesion-sized disagreement barely moves them.
-    Subtracting the median removes a global offset; ``normalize=True`` (default)
-    first scales both volumes with
+    ``r = s - t`` is the residual and ``N`` the *normal-appearing tissue*: the brain
+    ``mask`` minus the ``lesion`` mask when one is given. With ``spread="global"``::
+
+        z = (r - median(r_N)) / (1.4826 * MAD(r_N))
+
+    With ``spread="intensity"`` (default) the median and MAD are taken among the
+    normal-tissue voxels whose *synthesized* intensity is similar (``bins``
+    quantile bins of ``s`` in ``N``, interpolated linearly between bins)::
+
+        z = (r - m(s)) / sd(s)
+
+    A generator's error is heteroscedastic: small where it predicts white matter,
+    large at grey-matter/CSF edges. Conditioning on the prediction (not on the
+    acquired value, which is what is under test) keeps ordinary edge errors at
+    modest z while a voxel predicted as white matter but acquired much brighter
+    stands out; the per-bin median is also a robust, piecewise-linear intensity match
+    of synthesis to target, so a global or nonlinear intensity mismatch does not
+    dominate the map. Median and MAD are robust, so even without a lesion mask a
+    lesion-sized disagreement barely moves them.
+
+    ``normalize=True`` (default) first scales both volumes with
     :func:`~napari_neurosynth.preprocessing.normalize_intensity` (99.5th foreground
-    percentile -> 1), so a global scale mismatch (scanner units against normalised
-    units) does not dominate the map. Positive z: the synthesis is brighter than the
-    acquired image; negative: darker. Outside the brain mask z is 0.
+    percentile -> 1). Positive z: the synthesis is brighter than the acquired
+    image; negative: darker. Outside the brain mask z is 0.
 
     Parameters
     ----------
@@ -152,6 +192,10 @@ def difference_map(
         Known lesions, excluded from the noise estimate (not from the map).
     normalize : bool
         Percentile-normalise both volumes first (see above).
+    spread : {"intensity", "global"}
+        Residual centre and spread conditional on the synthesized intensity, or global.
+    bins : int
+        Number of intensity bins for ``spread="intensity"``.
 
     Returns
     -------
@@ -163,10 +207,12 @@ def difference_map(
     >>> rng = np.random.default_rng(0)
     >>> t = 1 + 0.05 * rng.standard_normal((20, 20, 20)); s = t + 0.05 * rng.standard_normal(t.shape)
     >>> s[8:12, 8:12, 8:12] += 1.0  # the synthesis invents a bright blob
-    >>> z = difference_map(s, t, np.ones(t.shape), normalize=False)
+    >>> z = difference_map(s, t, np.ones(t.shape), normalize=False, spread="global")
     >>> bool(z[8:12, 8:12, 8:12].min() > 5), bool(abs(np.median(z)) < 0.1)
     (True, True)
     """
+    if spread not in ("intensity", "global"):
+        raise NeurosynthError(f"spread must be 'intensity' or 'global', not {spread!r}")
     s, t = _normalized_pair(synth, target, normalize)
     brain = _bool_mask(mask, target, "brain mask")
     normal = brain.copy()
@@ -175,13 +221,16 @@ def difference_map(
         if not normal.any():
             raise NeurosynthError("the lesion mask covers the whole brain mask: no normal tissue to estimate noise from")
     r = s - t
-    centre, spread = robust_sigma(r[normal])
-    if spread <= 0:  # more than half the residual identical (e.g. a copy): fall back to the SD
-        spread = float(np.std(r[normal]))
-    if spread <= 0:
-        spread = 1.0  # identical images: z is 0 everywhere anyway
+    if spread == "global":
+        centres, meds, sds = _conditional_centre_spread(s[normal], r[normal], 1)
+    else:
+        centres, meds, sds = _conditional_centre_spread(s[normal], r[normal], max(1, int(bins)))
+    # a zero spread (more than half the residual identical, e.g. a copy) falls back to the SD
+    fallback = float(np.std(r[normal])) or 1.0
+    sds = np.where(sds > 0, sds, fallback)
     z = np.zeros(r.shape, np.float32)
-    z[brain] = ((r[brain] - centre) / spread).astype(np.float32)
+    sb = s[brain]
+    z[brain] = ((r[brain] - np.interp(sb, centres, meds)) / np.interp(sb, centres, sds)).astype(np.float32)
     return z
 
 
@@ -359,14 +408,15 @@ def lesion_fidelity(
 
     A *lesion* is a 26-connected component of one label value of ``lesion``
     (tumour core and oedema are separate lesions); fragments smaller than
-    ``min_lesion_voxels`` are skipped (counted in ``n_fragments_skipped``). Its *ring* is the
-    normal-appearing tissue within ``ring_mm`` of it: inside the brain ``mask``
-    (and ``wm`` when given: surrounding white matter), outside every lesion; the
-    ring is widened (x2, up to 3 times) until it has at least 10 voxels. In each
-    image:
+    ``min_lesion_voxels`` are skipped (counted in ``n_fragments_skipped``). Its
+    *ring* is the normal-appearing tissue within ``ring_mm`` (at least two voxels)
+    of it, minus the one-voxel shell touching it (partial volume): inside the
+    brain ``mask`` (and ``wm`` when given: surrounding white matter), outside every
+    lesion; the ring is widened (x2, up to 3 times) until it has at least 10
+    voxels. In each image, with the ring's level and noise taken robustly:
 
-    - contrast = ``(mean(lesion) - mean(ring)) / mean(ring)``
-    - CNR = ``(mean(lesion) - mean(ring)) / std(ring)``
+    - contrast = ``(mean(lesion) - median(ring)) / median(ring)``
+    - CNR = ``(mean(lesion) - median(ring)) / (1.4826 * MAD(ring))``
 
     ``retained`` = synthesized contrast / acquired contrast. Status:
     ``"not visible"`` when the acquired ``|CNR| < min_cnr`` (nothing to lose),
@@ -628,6 +678,8 @@ def gradcam(
         Return one map per input modality (a dict keyed by the card's input names),
         computed at the input layer: each input's channels (its slice and its 2.5-D
         context slices, placed back on their own slices) summed. Implies ``layer="input"``.
+        The maps share one scale (the largest value over all inputs is 1), so the
+        input that mattered more shows brighter.
     batch_size : int
         Slices per forward/backward pass.
 
@@ -714,16 +766,20 @@ def gradcam(
                 up = torch.nn.functional.interpolate(attr.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)
                 maps[0, ks] += up[:, 0, :H, :W].numpy()
 
-    def finish(m: np.ndarray) -> np.ndarray:
-        m = np.clip(m, 0, None)
-        top = m.max()
-        if top > 0:
-            m = m / top
+    maps = np.clip(maps, 0, None)  # ReLU: only what pushed the score up
+    top = maps.max()
+    if top > 0:
+        maps /= top  # one scale for all inputs, so their maps can be compared
+
+    def on_grid(m: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.moveaxis(m.astype(np.float32), 0, axis))
 
     if at_input and per_input:
-        return {name: finish(maps[g]) for g, name in enumerate(names)}
-    return finish(maps.sum(axis=0))
+        return {name: on_grid(maps[g]) for g, name in enumerate(names)}
+    combined = maps.sum(axis=0)
+    if combined.max() > 0:
+        combined /= combined.max()
+    return on_grid(combined)
 
 
 # --------------------------------------------------------------------------- uncertainty

@@ -80,12 +80,21 @@ def compare_viewer(make_napari_viewer, phantom3, fake_synth):
     return viewer, widget
 
 
-def test_layer_choices_preselected(compare_viewer):
+def test_layer_choices_preselected(compare_viewer, phantom3):
     _, w = compare_viewer
     assert w.synth_combo.layer().name == "T2 (synthesized: fake)"
     assert w.target_combo.layer().name == "T2"
     assert w.mask_combo.layer().name == "brain_mask"
     assert w.lesion_combo.layer().name == "lesion_mask"
+    # a choice the user made survives layers coming and going
+    viewer = w.viewer
+    _add(viewer, phantom3["pd"], "PD")
+    w.target_combo.set_layer("PD")
+    _add(viewer, phantom3["flair"], "FLAIR")
+    viewer.layers.remove("brain_mask")
+    assert w.target_combo.layer().name == "PD"
+    assert w.mask_combo.layer() is None and "brain_mask" not in [
+        w.mask_combo.itemText(i) for i in range(w.mask_combo.count())]
 
 
 def test_metrics_table_equals_evaluate_and_exports(compare_viewer, qtbot, phantom3, fake_synth, tmp_path):
@@ -218,6 +227,16 @@ def test_end_to_end_synthesize_then_explain(make_napari_viewer, models_dir, phan
     roi.add_rectangles(np.array([[i0, j0, k], [i0, j0 + 4, k], [i0 + 4, j0 + 4, k], [i0 + 4, j0, k]], float))
     mask = w.roi_mask()
     assert mask.sum() == 25 and mask[:, :, k].sum() == 25
+    # a Labels ROI painted on two slices counts only on the slice in view
+    painted = np.zeros(phantom3["t1"].shape, np.uint8)
+    painted[i0:i0 + 3, j0:j0 + 3, k] = 1
+    painted[i0:i0 + 3, j0:j0 + 3, k + 5] = 1
+    _add(viewer, phantom3["t1"].with_data(painted), "ROI labels", kind="labels")
+    w.roi_combo.set_layer("ROI labels")
+    labels_mask = w.roi_mask()
+    assert labels_mask.sum() == 9 and labels_mask[:, :, k].sum() == 9
+    w.roi_combo.set_layer(roi)
+
     _wait(qtbot, w, w.explain_roi())
     cam = w.cam_layer
     assert cam.name.startswith("HiResCAM of T2 (synthesized: tiny_t1_to_t2) ROI")

@@ -84,6 +84,8 @@ def test_zmap_is_robustly_standardised_and_ignores_global_scale():
     blob = np.zeros(t.shape, bool)
     blob[10:14, 10:14, 10:14] = True
     assert roc_auc(z[brain], blob[brain]) > 0.99
+    z_global = difference_map(synth, t, brain, spread="global")
+    assert z_global[blob].min() > 5 and roc_auc(z_global[brain], blob[brain]) > 0.99
     z_raw = difference_map(synth, t, brain, normalize=False)
     assert roc_auc(z_raw[brain], blob[brain]) < 0.9
 
@@ -192,10 +194,15 @@ def test_gradcam_layers_per_input_and_errors(phantom3):
     roi[30:33, 38:41, 30] = True
     maps = gradcam(fusion, [t1, t2], roi, per_input=True)
     assert set(maps) == {"t1", "t2"}
+    assert max(m.max() for m in maps.values()) == pytest.approx(1.0)  # one scale shared by the inputs
     for m in maps.values():
-        assert m.shape == t1.shape and m.max() == pytest.approx(1.0)
+        assert m.shape == t1.shape and m.max() > 0
         # 2.5-D context: the neighbouring input slices get their own share, nothing further away
         assert m[..., 29:32].sum() > 0 and m[..., :29].max() == 0 and m[..., 32:].max() == 0
+    # a network without default_cam_layer: the last convolution at the lowest resolution
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    plain_model = Model(_card(["t1"], {"name": "custom", "args": {}}), plain.eval(), Path("."), "plain")
+    assert gradcam(plain_model, t1, roi).max() == pytest.approx(1.0)
     unet = _model("unet", in_channels=1, base=8, depth=2)
     cam = gradcam(unet, t1, roi, layer="encoders.1")
     assert cam.max() == pytest.approx(1.0)

@@ -157,7 +157,8 @@ def test_cli_train_writes_bundle_with_heldout_table(tmp_path, capsys):
     assert m["seeds"] == [1000] and set(m["baselines"]) == {"input_standardised", "intensity_lut"}
     for row in (m["held_out"], *m["baselines"].values()):
         assert {"psnr_brain", "ssim_brain", "mae_brain", "nmse_brain", "psnr_lesion"} <= set(row)
-    assert card["training"]["command"].startswith("neurosynth train --name cli_tiny")
+    command = card["training"]["command"]
+    assert command.startswith("neurosynth train ") and "--name cli_tiny" in command and "--heldout 1000" in command
     printed = capsys.readouterr().out
     assert "intensity_lut" in printed and "input_standardised" in printed
     # the reproduction command gives the card's numbers again

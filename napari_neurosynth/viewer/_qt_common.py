@@ -176,7 +176,8 @@ class LayerCombo(QComboBox):
         if choice is not None:
             self.setCurrentIndex(names.index(choice))
         self.blockSignals(False)
-        self.currentIndexChanged.emit(self.currentIndex())
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
 
     # -- internals
     def _on_user_choice(self, _index: int) -> None:

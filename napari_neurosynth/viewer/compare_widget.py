@@ -98,6 +98,14 @@ def _name_has(*words: str):
     return prefer
 
 
+def _brain_mask_score(layer) -> int:
+    """Prefer "brain" masks; never pick a lesion mask as the brain mask."""
+    name = layer.name.lower()
+    if "lesion" in name or _is_synth(layer):
+        return 0
+    return 2 * ("brain" in name) + ("mask" in name)
+
+
 def _same_transform(a, b) -> bool:
     from napari_neurosynth.viewer.layers import affine_from_layer_attributes
 
@@ -150,11 +158,12 @@ class CompareExplainWidget(QWidget):
         self.uncertainty_layer = None
         self._model = None  # the Model behind the synthesized layer (for Grad-CAM / uncertainty)
         self._selection: dict = {}
+        self._last_synth = None
 
         # --- layer choices
         self.synth_combo = LayerCombo(self.viewer, Image, prefer=lambda lay: 2 if _is_synth(lay) else 0)
         self.target_combo = LayerCombo(self.viewer, Image, optional=True)
-        self.mask_combo = LayerCombo(self.viewer, (Labels, Image), optional=True, prefer=_name_has("brain", "mask"))
+        self.mask_combo = LayerCombo(self.viewer, (Labels, Image), optional=True, prefer=_brain_mask_score)
         self.lesion_combo = LayerCombo(self.viewer, Labels, optional=True, prefer=_name_has("lesion"))
         self.synth_combo.setToolTip("The synthesized image (a layer made by the Synthesize widget, or any image)")
         self.target_combo.setToolTip("The acquired image of the same contrast, on the same grid")
@@ -272,6 +281,10 @@ class CompareExplainWidget(QWidget):
     # ------------------------------------------------------------------ choices
     def _on_synth_changed(self, *_args) -> None:
         synth = self.synth_combo.layer()
+        key = None if synth is None else synth.name
+        if key is not None and key == self._last_synth:
+            return  # same layer: keep the user's other choices
+        self._last_synth = key
         modality = (synth.metadata.get("modality") or synth.metadata.get("output")) if synth is not None else None
         if modality:
             def prefer(layer, _m=modality_matcher(modality)):
