@@ -145,6 +145,33 @@ def _conditional_centre_spread(pred: np.ndarray, resid: np.ndarray, bins: int) -
     return np.asarray(centres)[order], np.asarray(meds)[order], np.asarray(sds)[order]
 
 
+def _smooth_log_ratio(s: np.ndarray, t: np.ndarray, weights: np.ndarray, sigma_vox) -> np.ndarray:
+    """Smooth field ``b`` with ``t ~ s * exp(b)``: normalised Gaussian convolution of ``log(t/s)``.
+
+    Normalised convolution (``G*(w f) / G*w``) fills the holes left by excluded voxels
+    (lesions, disagreements, background) from their surroundings.
+    """
+    floor = 0.05  # normalised units: below this the log-ratio is noise (background, dark CSF edges)
+    ok = weights & (s > floor) & (t > floor)
+    lr = np.zeros(s.shape)
+    lr[ok] = np.log(t[ok] / s[ok])
+    num = ndi.gaussian_filter(lr, sigma_vox, mode="nearest")
+    den = ndi.gaussian_filter(ok.astype(float), sigma_vox, mode="nearest")
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
+
+
+def _zscore(s, t, brain, normal, spread, bins):
+    r = s - t
+    centres, meds, sds = _conditional_centre_spread(s[normal], r[normal], 1 if spread == "global" else max(1, int(bins)))
+    # a zero spread (more than half the residual identical, e.g. a copy) falls back to the SD
+    fallback = float(np.std(r[normal])) or 1.0
+    sds = np.where(sds > 0, sds, fallback)
+    z = np.zeros(r.shape, np.float32)
+    sb = s[brain]
+    z[brain] = ((r[brain] - np.interp(sb, centres, meds)) / np.interp(sb, centres, sds)).astype(np.float32)
+    return z
+
+
 def difference_map(
     synth: ArrayOrVolume,
     target: ArrayOrVolume,
@@ -154,6 +181,7 @@ def difference_map(
     normalize: bool = True,
     spread: str = "intensity",
     bins: int = 10,
+    bias_mm: float | None = 10.0,
 ) -> np.ndarray:
     """The synthesized-minus-acquired difference as a z-map.
 
@@ -179,7 +207,13 @@ def difference_map(
 
     ``normalize=True`` (default) first scales both volumes with
     :func:`~napari_neurosynth.preprocessing.normalize_intensity` (99.5th foreground
-    percentile -> 1). Positive z: the synthesis is brighter than the acquired
+    percentile -> 1). With ``bias_mm`` (default 10 mm) a smooth multiplicative
+    intensity drift between the two (the acquired image's own bias field, which a
+    synthesis from another contrast cannot know) is removed first: the log-ratio
+    ``log(t / s)`` over normal tissue, smoothed by a Gaussian of ``bias_mm`` sigma
+    (normalised convolution), re-estimated twice without the voxels with
+    ``|z| >= 3``; the synthesis is multiplied by ``exp`` of that field. Lesions are
+    focal and excluded, so they survive it. Positive z: the synthesis is brighter than the acquired
     image; negative: darker. Outside the brain mask z is 0.
 
     Parameters
@@ -196,6 +230,9 @@ def difference_map(
         Residual centre and spread conditional on the synthesized intensity, or global.
     bins : int
         Number of intensity bins for ``spread="intensity"``.
+    bias_mm : float or None
+        Gaussian sigma (mm; voxel size from the Volume's affine, 1 mm for bare
+        arrays) of the smooth intensity-ratio field removed first; None: off.
 
     Returns
     -------
@@ -220,23 +257,26 @@ def difference_map(
         normal &= ~_bool_mask(lesion, target, "lesion mask", allow_empty=True)
         if not normal.any():
             raise NeurosynthError("the lesion mask covers the whole brain mask: no normal tissue to estimate noise from")
-    r = s - t
-    if spread == "global":
-        centres, meds, sds = _conditional_centre_spread(s[normal], r[normal], 1)
-    else:
-        centres, meds, sds = _conditional_centre_spread(s[normal], r[normal], max(1, int(bins)))
-    # a zero spread (more than half the residual identical, e.g. a copy) falls back to the SD
-    fallback = float(np.std(r[normal])) or 1.0
-    sds = np.where(sds > 0, sds, fallback)
-    z = np.zeros(r.shape, np.float32)
-    sb = s[brain]
-    z[brain] = ((r[brain] - np.interp(sb, centres, meds)) / np.interp(sb, centres, sds)).astype(np.float32)
-    return z
+    if bias_mm:
+        # The synthesis inherits the *source's* shading, never the target's own
+        # receiver-coil bias field, so the raw residual carries a smooth multiplicative
+        # drift that has nothing to do with lesions. Estimate it as a smooth log-ratio
+        # field over normal tissue, re-estimated without the voxels it flags, and
+        # divide it out of the synthesis.
+        affine = _affine_of(target, synth, mask)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0) if affine is not None else np.ones(3)
+        sigma_vox = [float(bias_mm) / float(d) for d in spacing]
+        weights = normal.copy()
+        s_raw = s
+        for _ in range(3):
+            s = s_raw * np.exp(_smooth_log_ratio(s_raw, t, weights, sigma_vox))
+            weights = normal & (np.abs(_zscore(s, t, brain, normal, spread, bins)) < 3.0)
+    return _zscore(s, t, brain, normal, spread, bins)
 
 
 def disagreement_regions(
     z: ArrayOrVolume,
-    threshold: float = 3.0,
+    threshold: float = 3.5,
     *,
     grow: float | None = None,
     min_voxels: int = 4,
@@ -259,7 +299,9 @@ def disagreement_regions(
     z : numpy.ndarray or Volume
         A z-map from :func:`difference_map`.
     threshold : float
-        Seed threshold on ``|z|`` (default 3: about 1 voxel in 370 of Gaussian noise).
+        Threshold on ``|z|``. The default 3.5 is Iglewicz and Hoaglin's (1993) outlier
+        rule for the modified z-score ``0.6745 (x - median) / MAD``, which is what
+        :func:`difference_map` computes.
     grow : float or None
         Optional growing threshold on ``|z|`` (at most ``threshold``; default off).
     min_voxels, min_mm3 : int, float
@@ -400,9 +442,10 @@ def lesion_fidelity(
     min_cnr: float = 1.0,
     invented_contrast: float = 0.2,
     z: np.ndarray | None = None,
-    z_threshold: float = 3.0,
+    z_threshold: float = 3.5,
     min_voxels: int = 4,
     min_lesion_voxels: int = 3,
+    polarity: str | int = "auto",
 ) -> dict:
     """Is each lesion still there in the synthesis, and did it invent any?
 
@@ -424,12 +467,15 @@ def lesion_fidelity(
     the contrast left, or its sign flipped), ``"attenuated"`` below
     ``attenuated_below`` (0.7), else ``"preserved"``.
 
-    *Invented* lesions: regions of the thresholded difference map
+    *Invented* lesions: regions of the thresholded difference map (``|z| >= z_threshold``)
     (:func:`disagreement_regions` of ``z``, computed here when not given) that do
     not touch the lesion mask, whose contrast against their own ring is at least
     ``invented_contrast`` (20 %) in magnitude in the synthesis, and less than
-    ``erased_below`` times that in the acquired image: lesion-like in the
-    synthesis only.
+    ``erased_below`` times that in the acquired image, and whose contrast has the
+    lesions' *polarity* in this contrast: lesion-like in the synthesis only.
+    ``polarity="auto"`` takes the sign of the median acquired contrast of the
+    visible lesions (bright on T2/FLAIR, so dark spots at a cortical edge are not
+    called lesions); with no visible lesion both signs count; or pass +1 / -1.
 
     Returns
     -------
@@ -494,6 +540,13 @@ def lesion_fidelity(
     if z is None:
         z = difference_map(s, t, brain, lesion=any_lesion, normalize=False)
     reg_labels, table = disagreement_regions(z, z_threshold, min_voxels=min_voxels, affine=affine)
+    if polarity == "auto":
+        seen = [l["acquired"]["contrast"] for l in lesions if l["status"] != "not visible"]
+        sign = int(np.sign(np.median(seen))) if seen else 0
+    elif polarity in (1, -1, 0):
+        sign = int(polarity)
+    else:
+        raise NeurosynthError(f"polarity must be 'auto', 1, -1 or 0, not {polarity!r}")
     near_lesion = ndi.binary_dilation(any_lesion, structure=_CONN26) if any_lesion.any() else any_lesion
     invented = []
     for row in table:
@@ -502,7 +555,8 @@ def lesion_fidelity(
             continue
         ring = _ring(region, brain & ~any_lesion & ~region, spacing, ring_mm, 10)
         cs, ct = _contrast(s, region, ring)["contrast"], _contrast(t, region, ring)["contrast"]
-        if np.isfinite(cs) and abs(cs) >= invented_contrast and not (np.isfinite(ct) and abs(ct) >= erased_below * abs(cs)):
+        lesion_like = np.isfinite(cs) and abs(cs) >= invented_contrast and (sign == 0 or np.sign(cs) == sign)
+        if lesion_like and not (np.isfinite(ct) and abs(ct) >= erased_below * abs(cs)):
             invented.append(
                 {
                     "region": row["label"],
@@ -527,6 +581,15 @@ def lesion_fidelity(
 
 #: Accepted ``method`` names.
 CAM_METHODS = ("hirescam", "gradcam")
+
+#: Default CAM layer per architecture where it differs from the network's own
+#: ``default_cam_layer``. In the U-Net the skip connections carry most of what a
+#: small output region depends on, and the 1/8-resolution bottleneck reaches the
+#: output only through instance-normalised decoder stages that couple the whole
+#: slice: on the shipped t1_to_t2 the bottleneck's HiResCAM put under 1 % of its
+#: mass within 24 mm of the ROI, the first decoder stage (``decoders.0``, deepest
+#: stage that has the skip features) 85 %.
+_CAM_LAYER_BY_ARCH = {"unet": "decoders.0"}
 
 
 def _model_and_stacks(model: Any, inputs: Any):
@@ -598,7 +661,8 @@ def _resolve_layer(net, layer: str | None, example):
 
     modules = dict(net.named_modules())
     if layer is None:
-        layer = getattr(net, "default_cam_layer", "") or None
+        preferred = _CAM_LAYER_BY_ARCH.get((getattr(net, "architecture", None) or {}).get("name", ""))
+        layer = preferred if preferred in modules else (getattr(net, "default_cam_layer", "") or None)
     if layer is not None:
         if layer not in modules or layer == "":
             convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
@@ -668,9 +732,11 @@ def gradcam(
         Nonzero voxels (or an index expression such as ``(slice(30, 36), slice(40, 46), 25)``)
         on the output grid.
     layer : str, optional
-        Dotted module name (see ``dict(model.network.named_modules())``). Default: the
-        network's ``default_cam_layer`` (the residual trunk of the ResNet, the U-Net
-        bottleneck, ...), else the last convolution at the lowest resolution.
+        Dotted module name (see ``dict(model.network.named_modules())``). Default:
+        for the U-Net its first decoder stage ``decoders.0`` (see
+        ``_CAM_LAYER_BY_ARCH``), otherwise the network's ``default_cam_layer`` (the
+        residual trunk of the ResNet and fusion models, the MCSR fusion layer), else
+        the last convolution at the lowest resolution.
         ``"input"`` attributes to the input voxels themselves.
     method : {"hirescam", "gradcam"}
         See above.

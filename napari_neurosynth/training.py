@@ -90,6 +90,7 @@ class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int = 50
     lr: float = 2e-4
+    lr_decay_start: float = 0.5
     beta1: float = 0.5
     lambda_l1: float = 100.0
     lambda_adv: float = 1.0
@@ -348,6 +349,14 @@ class Trainer:
         self.opts["D"].step()
         return {"g": g_loss.item(), "cycle": cyc.item(), "identity": idt.item(), "adv": adv.item(), "d": d_loss.item()}
 
+    def lr_at(self, epoch: int) -> float:
+        """pix2pix/CycleGAN schedule: constant, then linear to 0 from ``lr_decay_start`` of the epochs."""
+        cfg = self.cfg
+        start = int(round(cfg.lr_decay_start * cfg.epochs))
+        if epoch < start or start >= cfg.epochs:
+            return cfg.lr
+        return cfg.lr * (cfg.epochs - epoch) / (cfg.epochs - start + 1)
+
     def train_step(self) -> dict:
         """One optimisation step (generator(s) and discriminator(s)); returns the losses."""
         out = self._unpaired_step() if self.cfg.mode == "unpaired" else self._paired_step()
@@ -393,6 +402,9 @@ class Trainer:
             self.log(f"resumed from {ckpt} at epoch {self.epoch}, step {self.step}")
         for self.epoch in range(self.epoch, cfg.epochs):
             t0 = time.perf_counter()
+            for opt in self.opts.values():
+                for group in opt.param_groups:
+                    group["lr"] = self.lr_at(self.epoch)
             sums: dict[str, float] = {}
             bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not progress, file=sys.stderr)
@@ -401,7 +413,7 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
-            row = {"epoch": self.epoch + 1, "step": self.step,
+            row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.lr_at(self.epoch),
                    **{k: v / cfg.steps_per_epoch for k, v in sums.items()}}
             if self.val_subjects:
                 val = validate(self.G, self.val_subjects, cfg.inputs, cfg.output, cfg.context)
@@ -438,7 +450,8 @@ class Trainer:
                        {"pixel": "L1", "lambda_l1": cfg.lambda_l1, "adversarial": "LSGAN, conditional PatchGAN",
                         "lambda_adv": cfg.lambda_adv, "lambda_gdl": cfg.lambda_gdl}),
             "discriminator": {"name": "patchgan", "base": cfg.disc_base, "n_layers": cfg.disc_layers},
-            "optimizer": f"Adam lr {cfg.lr:g} betas ({cfg.beta1:g}, 0.999)",
+            "optimizer": (f"Adam lr {cfg.lr:g} betas ({cfg.beta1:g}, 0.999), constant for the first "
+                          f"{cfg.lr_decay_start:g} of the epochs, then linear decay towards 0"),
             "epochs": cfg.epochs, "steps_per_epoch": cfg.steps_per_epoch, "steps": self.step,
             "batch": cfg.batch, "patch": cfg.patch, "seed": cfg.seed,
             "data_spec": cfg.data, "resolution": list(cfg.resolution),

@@ -66,6 +66,8 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=50, help="steps per epoch")
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-decay-start", type=float, default=0.5, metavar="FRACTION",
+                   help="fraction of the epochs after which the learning rate decays linearly to 0 (1 = no decay)")
     p.add_argument("--lambda-l1", type=float, default=100.0)
     p.add_argument("--lambda-adv", type=float, default=1.0)
     p.add_argument("--lambda-gdl", type=float, default=0.0)
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         val_data=args.val_data, resolution=list(args.resolution), architecture=arch,
         arch_args=_arch_args(args.arch_args if args.arch_args is not None else _ARCH_DEFAULTS[arch]),
         context=context, patch=args.patch, batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps,
-        lr=args.lr, lambda_l1=args.lambda_l1, lambda_adv=args.lambda_adv, lambda_gdl=args.lambda_gdl,
+        lr=args.lr, lr_decay_start=args.lr_decay_start, lambda_l1=args.lambda_l1, lambda_adv=args.lambda_adv, lambda_gdl=args.lambda_gdl,
         lambda_cycle=args.lambda_cycle,
         lambda_identity=args.lambda_identity if args.lambda_identity is not None else 0.5 * args.lambda_cycle,
         disc_base=args.disc_base, seed=args.seed,
