@@ -36,10 +36,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: setup
-	$(XRUN) $(VENV)/bin/neurosynth demo $(if $(XRUN),--offscreen,)
+	QT_API=pyqt6 $(XRUN) $(VENV)/bin/neurosynth demo $(if $(XRUN),--offscreen,)
 
 test: setup
-	QT_API=pyqt5 $(XRUN) $(PY) -m pytest -q $(PYTEST_ARGS)
+	QT_API=pyqt6 $(XRUN) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_inference.py

@@ -57,11 +57,26 @@ def _settle(seconds: float = 0.3) -> None:
         time.sleep(0.02)
 
 
-def _grab(viewer: Any, path: Path) -> Path:
-    """Screenshot of the whole window, dock widgets included."""
+def _grab(viewer: Any, path: Path, zoom: float = 1.0) -> Path:
+    """Screenshot of the whole window, dock widgets included, the images filling the canvas."""
+    from napari.utils.notifications import notification_manager
+
+    _settle()
+    viewer.reset_view()
+    viewer.camera.zoom *= zoom
+    # Toasts (e.g. backend notices) would cover the images.
+    notification_manager.records.clear()
+    for toast in viewer.window._qt_window.findChildren(_toast_class()):
+        toast.close()
     _settle()
     viewer.screenshot(str(path), canvas_only=False, flash=False)
     return path
+
+
+def _toast_class():
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    return NapariQtNotification
 
 
 def _largest_lesion(lesion: np.ndarray, label: int) -> tuple[np.ndarray, tuple[int, int, int]] | None:
@@ -197,7 +212,7 @@ def run_demo(
     _wait(compare_w.job, timeout, "difference map")
     for layer in viewer.layers:
         layer.visible = layer.name in {"T2"} or layer in (compare_w.zmap_layer, compare_w.regions_layer)
-    shots["03_difference"] = _grab(viewer, out / "03_difference.png")
+    shots["03_difference"] = _grab(viewer, out / "03_difference.png", zoom=1.4)
 
     # --- explain the plaque region of the synthesized image
     roi = compare_w.add_roi_layer()
@@ -213,7 +228,7 @@ def run_demo(
     _wait(compare_w.job, timeout, "Grad-CAM")
     for layer in viewer.layers:
         layer.visible = layer.name in {"T1", roi.name} or layer is compare_w.cam_layer
-    shots["04_gradcam"] = _grab(viewer, out / "04_gradcam.png")
+    shots["04_gradcam"] = _grab(viewer, out / "04_gradcam.png", zoom=1.4)
 
     # --- reader study: acquired vs synthesized, blinded
     from .viewer.layers import layer_to_volume

@@ -582,15 +582,6 @@ def lesion_fidelity(
 #: Accepted ``method`` names.
 CAM_METHODS = ("hirescam", "gradcam")
 
-#: Default CAM layer per architecture where it differs from the network's own
-#: ``default_cam_layer``. In the U-Net the skip connections carry most of what a
-#: small output region depends on, and the 1/8-resolution bottleneck reaches the
-#: output only through instance-normalised decoder stages that couple the whole
-#: slice: on the shipped t1_to_t2 the bottleneck's HiResCAM put under 1 % of its
-#: mass within 24 mm of the ROI, the first decoder stage (``decoders.0``, deepest
-#: stage that has the skip features) 85 %.
-_CAM_LAYER_BY_ARCH = {"unet": "decoders.0"}
-
 
 def _model_and_stacks(model: Any, inputs: Any):
     """Validate inputs against the card and build the engine's normalised slice stacks.
@@ -661,8 +652,7 @@ def _resolve_layer(net, layer: str | None, example):
 
     modules = dict(net.named_modules())
     if layer is None:
-        preferred = _CAM_LAYER_BY_ARCH.get((getattr(net, "architecture", None) or {}).get("name", ""))
-        layer = preferred if preferred in modules else (getattr(net, "default_cam_layer", "") or None)
+        layer = getattr(net, "default_cam_layer", "") or None
     if layer is not None:
         if layer not in modules or layer == "":
             convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
@@ -733,10 +723,9 @@ def gradcam(
         on the output grid.
     layer : str, optional
         Dotted module name (see ``dict(model.network.named_modules())``). Default:
-        for the U-Net its first decoder stage ``decoders.0`` (see
-        ``_CAM_LAYER_BY_ARCH``), otherwise the network's ``default_cam_layer`` (the
-        residual trunk of the ResNet and fusion models, the MCSR fusion layer), else
-        the last convolution at the lowest resolution.
+        the network's ``default_cam_layer`` (the residual trunk of the ResNet and
+        fusion models, the first decoder stage of the U-Net, the MCSR fusion
+        layer), else the last convolution at the lowest resolution.
         ``"input"`` attributes to the input voxels themselves.
     method : {"hirescam", "gradcam"}
         See above.

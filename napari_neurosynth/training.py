@@ -385,8 +385,12 @@ class Trainer:
 
     # ---- fit
 
-    def fit(self, checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> list[dict]:
+    def fit(self, checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+            stop_after: int | None = None) -> list[dict]:
         """Train for ``cfg.epochs`` epochs (continuing a checkpoint with ``resume``), validating each epoch.
+
+        ``stop_after`` ends this call after that many epochs in total (as if the
+        run were interrupted there); a later ``resume=True`` call finishes it.
 
         Returns the history: one dict per epoch with mean losses, validation
         metrics (``val_psnr``, ``val_ssim``, ``val_mae``) and seconds.
@@ -400,7 +404,8 @@ class Trainer:
                 raise NeurosynthError("--resume needs --checkpoint-dir")
             self.load_checkpoint(ckpt)
             self.log(f"resumed from {ckpt} at epoch {self.epoch}, step {self.step}")
-        for self.epoch in range(self.epoch, cfg.epochs):
+        last = cfg.epochs if stop_after is None else min(cfg.epochs, int(stop_after))
+        for self.epoch in range(self.epoch, last):
             t0 = time.perf_counter()
             for opt in self.opts.values():
                 for group in opt.param_groups:
@@ -425,7 +430,7 @@ class Trainer:
                 self.epoch += 1  # saved state = "epochs completed"
                 self.save_checkpoint(ckpt)
                 self.epoch -= 1
-        self.epoch = cfg.epochs
+        self.epoch = last
         return self.history
 
     # ---- export

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-os.environ.setdefault("QT_API", "pyqt5")
+os.environ.setdefault("QT_API", "pyqt6")
 
 
 @pytest.fixture(scope="session")

@@ -100,8 +100,8 @@ def test_resume_is_identical_to_an_uninterrupted_run(subjects, tmp_path):
     straight = Trainer(cfg(2), subjects=_grid(subjects, mods), val_subjects=[])
     straight.fit(tmp_path / "a", progress=False)
 
-    first = Trainer(cfg(1), subjects=_grid(subjects, mods), val_subjects=[])
-    first.fit(tmp_path / "b", progress=False)
+    first = Trainer(cfg(2), subjects=_grid(subjects, mods), val_subjects=[])
+    first.fit(tmp_path / "b", progress=False, stop_after=1)  # "interrupted" after epoch 1 of 2
     meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
     assert meta["step"] == 3 and meta["epoch"] == 1
     assert not list((tmp_path / "b").glob("*.pt*"))  # no pickles, safetensors + JSON only

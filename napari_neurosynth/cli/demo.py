@@ -40,10 +40,14 @@ def run(args: argparse.Namespace) -> int:
           f"{args.resolution:g} mm)\n")
     print("Metrics of the synthesized T2 against the acquired T2:")
     print(format_table(result["metrics"]))
-    if result.get("fidelity"):
-        print("\nLesion fidelity (contrast against surrounding white matter):")
-        for row in result["fidelity"]:
-            print("  " + ", ".join(f"{k}={_short(v)}" for k, v in row.items() if not isinstance(v, (list, dict))))
+    fidelity = result.get("fidelity")
+    if fidelity:
+        print("\nLesion fidelity (contrast against the surrounding normal tissue, acquired -> synthesized):")
+        print(f"  {'id':>3} {'label':>5} {'mm3':>8} {'acq. contrast':>13} {'syn. contrast':>13} {'retained':>8}  status")
+        for row in fidelity["lesions"]:
+            print(f"  {row['id']:>3} {row['label']:>5} {row['mm3']:>8.0f} {row['acquired']['contrast']:>13.3f} "
+                  f"{row['synthesized']['contrast']:>13.3f} {row['retained']:>8.2f}  {row['status']}")
+        print(f"  erased: {fidelity['n_erased']}, invented: {fidelity['n_invented']}")
     if result.get("regions") is not None:
         print(f"\nDisagreement regions: {len(result['regions'])}")
     print("\nScreenshots:")
@@ -55,7 +59,3 @@ def run(args: argparse.Namespace) -> int:
 
         napari.run()
     return 0
-
-
-def _short(v):
-    return f"{v:.3g}" if isinstance(v, float) else v

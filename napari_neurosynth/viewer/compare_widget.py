@@ -199,8 +199,17 @@ class CompareExplainWidget(QWidget):
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(1.0, 20.0)
         self.threshold_spin.setSingleStep(0.5)
-        self.threshold_spin.setValue(3.0)
-        self.threshold_spin.setToolTip("Seed threshold on |z|; regions grow down to |z| = 2")
+        # 3.5: Iglewicz and Hoaglin's outlier cut for the modified z-score the map holds.
+        self.threshold_spin.setValue(3.5)
+        self.threshold_spin.setToolTip("Threshold on |z| (the z-map is a modified z-score; 3.5 is the usual outlier cut)")
+        self.min_size_spin = QDoubleSpinBox()
+        self.min_size_spin.setRange(0.0, 100000.0)
+        self.min_size_spin.setSingleStep(10.0)
+        self.min_size_spin.setDecimals(0)
+        # ~ a 3 mm sphere: smaller specks at 1 mm are residual noise, not findings.
+        self.min_size_spin.setValue(15.0)
+        self.min_size_spin.setSuffix(" mm³")
+        self.min_size_spin.setToolTip("Regions smaller than this (and than 4 voxels) are not reported")
         self.diff_button = QPushButton("Add difference map and regions")
         self.region_table = ResultTable("disagreement regions")
         self.region_table.rowActivated.connect(self.jump_to_region)
@@ -209,6 +218,7 @@ class CompareExplainWidget(QWidget):
         dl = QVBoxLayout(diff_tab)
         row = QFormLayout()
         row.addRow("Threshold |z| ≥", self.threshold_spin)
+        row.addRow("Min. region size", self.min_size_spin)
         dl.addLayout(row)
         dl.addWidget(self.diff_button)
         dl.addWidget(self.region_table)
@@ -448,7 +458,7 @@ class CompareExplainWidget(QWidget):
             return None
         layer = v["synth_layer"]
         return self._start(_difference_job, v["synth"], v["target"], v["mask"], v["lesion"],
-                           float(self.threshold_spin.value()),
+                           float(self.threshold_spin.value()), float(self.min_size_spin.value()),
                            on_result=lambda res: self._show_differences(res, layer),
                            desc="Computing the difference map")
 
@@ -663,13 +673,13 @@ def _metrics_job(synth, target, mask, lesion, *, progress, cancel) -> dict:
     return {"metrics": metrics, "fidelity": fidelity}
 
 
-def _difference_job(synth, target, mask, lesion, threshold: float, *, progress, cancel) -> dict:
+def _difference_job(synth, target, mask, lesion, threshold: float, min_mm3: float, *, progress, cancel) -> dict:
     from napari_neurosynth.explain import difference_map, disagreement_regions
 
     progress(0.0)
     z = difference_map(synth, target, mask, lesion=lesion, normalize=True)
     progress(0.6)
-    labels, table = disagreement_regions(synth.with_data(z), threshold=threshold)
+    labels, table = disagreement_regions(synth.with_data(z), threshold=threshold, min_mm3=min_mm3 or None)
     progress(1.0)
     return {"z": z, "labels": labels, "table": table, "threshold": threshold}
 
