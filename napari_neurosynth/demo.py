@@ -235,8 +235,6 @@ def run_demo(
 
     study_path = _write_demo_study(out / "study", layer_to_volume(t2), layer_to_volume(synth_layer),
                                    layer_to_volume(t1))
-    for layer in viewer.layers:
-        layer.visible = layer.name in {"T1", "T2"}
     _raise_dock(study_w)
     study_w.rater_edit.setText("demo-rater")
     study_w.study_edit.setText(str(study_path))

@@ -338,8 +338,13 @@ class Trainer:
         fake_b, fake_a = self.G(a), self.F(b)
         adv = L.lsgan_generator_loss(self.DB(fake_b)) + L.lsgan_generator_loss(self.DA(fake_a))
         cyc = L.cycle_loss(self.F(fake_b), a, self.G(fake_a), b)
-        idt = L.identity_loss(self.G(b), b) + L.identity_loss(self.F(a), a)
-        g_loss = cfg.lambda_adv * adv + cfg.lambda_cycle * cyc + cfg.lambda_identity * idt
+        g_loss = cfg.lambda_adv * adv + cfg.lambda_cycle * cyc
+        idt = torch.zeros(())
+        if cfg.lambda_identity:
+            # identity (Zhu et al.'s colour-preservation term) pulls G towards copying its input,
+            # the worst answer for an inverted contrast such as T1 -> T2; skipped when its weight is 0
+            idt = L.identity_loss(self.G(b), b) + L.identity_loss(self.F(a), a)
+            g_loss = g_loss + cfg.lambda_identity * idt
         g_loss.backward()
         self.opts["G"].step()
         self.opts["D"].zero_grad()

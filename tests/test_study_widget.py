@@ -213,3 +213,18 @@ def test_unblinded_shows_names_and_errors_are_messages(make_napari_viewer, qtbot
     assert "All 3 images rated" in widget.status_label.text()
     assert widget.progress_label.text() == "Image 3 of 3 · 3/3 rated"
     widget.stop()
+
+
+def test_other_open_layers_are_hidden_during_a_session(make_napari_viewer, qtbot, study_path, tmp_path):
+    # A radiologist who had the acquired T2 and a synthesized T2 open must not see
+    # them beside the blinded image; they come back when the session ends.
+    viewer = make_napari_viewer(show=True)
+    acquired = viewer.add_image(np.ones((8, 8, 8), np.float32), name="T2 acquired")
+    synthesized = viewer.add_image(np.ones((8, 8, 8), np.float32), name="T2 (synthesized: t1_to_t2)")
+    hidden_before = viewer.add_image(np.ones((8, 8, 8), np.float32), name="PD", visible=False)
+    widget = _start(viewer, qtbot, study_path, tmp_path / "ratings.sqlite")
+    visible = [layer.name for layer in viewer.layers if layer.visible]
+    assert visible == ["Reference: t1", "Image"]
+    widget.stop()
+    assert acquired.visible and synthesized.visible and not hidden_before.visible
+    assert not viewer.grid.enabled

@@ -300,6 +300,11 @@ class ReaderStudyWidget(QWidget):
             return False
         self.stop()
         self.store, self.session = store, session
+        # Anything else on screen (the acquired image, a synthesized layer next to it)
+        # would break the blind and the equal presentation: hide it for the session.
+        self._hidden = [layer for layer in self.viewer.layers if layer.visible]
+        for layer in self._hidden:
+            layer.visible = False
         self._build_questions()
         self.rating_box.setEnabled(True)
         done, total = session.progress
@@ -312,6 +317,12 @@ class ReaderStudyWidget(QWidget):
         """End the session: remove the study's layers and close the ratings file."""
         self._load_token += 1
         self._remove_layers()
+        for layer in getattr(self, "_hidden", []):
+            if layer in self.viewer.layers:
+                layer.visible = True
+        self._hidden = []
+        if self.session is not None:
+            self.viewer.grid.enabled = False
         if self.store is not None:
             self.store.close()
         self.store = self.session = None
