@@ -13,7 +13,8 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icc
 	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Under a real display run as is; without one, render into Xvfb.
-XRUN := $(shell [ -n "$$DISPLAY" ] && [ -z "$$CI" ] || echo xvfb-run -a -s "-screen 0 1600x1000x24")
+NEED_XVFB := $(shell [ -n "$$DISPLAY" ] && [ -z "$$CI" ] || echo yes)
+XRUN := $(if $(NEED_XVFB),xvfb-run -a -s "-screen 0 1600x1000x24",)
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup sysdeps clean bench
