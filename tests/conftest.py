@@ -23,3 +23,18 @@ def phantom2():
     from napari_neurosynth import make_phantom
 
     return make_phantom(seed=1, lesions=True, resolution=2.0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for modules of tiny tensors.
+
+    On 2 cores shared with other jobs, two OpenMP threads spinning against each
+    other made these tests 10-30x slower than one thread.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,13 +32,7 @@ from napari_neurosynth.preprocessing import intensity_scale
 BF16_TOL = 0.25
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These volumes are tiny: one intra-op thread is faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _bundle(tmp_path, name="rnd", arch="resnet", inputs=("t1",), output="t2", context=1, task="cms", **args):

@@ -18,13 +18,7 @@ from napari_neurosynth.training import TrainConfig, Trainer, export_bundle, load
 TINY = {"base": 4, "n_blocks": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared, busy CPU two OpenMP threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _subject(ph, name, modalities=("t1", "t2", "flair", "t2_lowres")) -> Subject:
