@@ -262,8 +262,10 @@ def run_demo(
 
 def _raise_dock(widget: Any) -> None:
     """Bring a tabified dock widget to the front."""
+    from qtpy.QtWidgets import QDockWidget
+
     dock = widget.parent()
-    while dock is not None and not hasattr(dock, "raise_"):
+    while dock is not None and not isinstance(dock, QDockWidget):
         dock = dock.parent()
     if dock is not None:
         dock.raise_()
