@@ -96,7 +96,7 @@ class TrainConfig:
     lambda_adv: float = 1.0
     lambda_gdl: float = 0.0
     lambda_cycle: float = 10.0
-    lambda_identity: float = 5.0
+    lambda_identity: float = 0.0
     disc_base: int = 16
     disc_layers: int = 3
     seed: int = 0

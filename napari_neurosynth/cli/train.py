@@ -72,7 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--lambda-adv", type=float, default=1.0)
     p.add_argument("--lambda-gdl", type=float, default=0.0)
     p.add_argument("--lambda-cycle", type=float, default=10.0)
-    p.add_argument("--lambda-identity", type=float, default=None, help="default 0.5 * lambda-cycle")
+    # Identity (Zhu et al.'s colour-preservation term) makes a contrast-inverting
+    # generator (T1 -> T2) copy its input; off unless asked for.
+    p.add_argument("--lambda-identity", type=float, default=0.0,
+                   help="unpaired identity-loss weight (default 0: it pulls T1->T2 towards copying T1)")
     p.add_argument("--disc-base", type=int, default=16, help="PatchGAN base channels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint there after every epoch")
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         context=context, patch=args.patch, batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps,
         lr=args.lr, lr_decay_start=args.lr_decay_start, lambda_l1=args.lambda_l1, lambda_adv=args.lambda_adv, lambda_gdl=args.lambda_gdl,
         lambda_cycle=args.lambda_cycle,
-        lambda_identity=args.lambda_identity if args.lambda_identity is not None else 0.5 * args.lambda_cycle,
+        lambda_identity=args.lambda_identity,
         disc_base=args.disc_base, seed=args.seed,
     )
     trainer = Trainer(cfg)
