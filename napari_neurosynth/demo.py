@@ -177,6 +177,7 @@ def run_demo(
     viewer.window.add_dock_widget(synth_w, name="Synthesize", area="right")
     viewer.window.add_dock_widget(compare_w, name="Compare & Explain", area="right", tabify=True)
     viewer.window.add_dock_widget(study_w, name="Reader Study", area="right", tabify=True)
+    _settle(0.5)  # tabs switch only once the window has laid out its docks
     _raise_dock(synth_w)
     shots["01_opened"] = _grab(viewer, out / "01_opened.png")
 
@@ -192,6 +193,7 @@ def run_demo(
     seconds = time.monotonic() - started
     synth_layer = synth_w.result_layer
     synth_w.side_by_side_check.setChecked(True)
+    _raise_dock(synth_w)
     shots["02_synthesized"] = _grab(viewer, out / "02_synthesized.png")
     synth_w.side_by_side_check.setChecked(False)
 
@@ -212,6 +214,7 @@ def run_demo(
     _wait(compare_w.job, timeout, "difference map")
     for layer in viewer.layers:
         layer.visible = layer.name in {"T2"} or layer in (compare_w.zmap_layer, compare_w.regions_layer)
+    compare_w.tabs.setCurrentIndex(1)  # Differences: the region table
     shots["03_difference"] = _grab(viewer, out / "03_difference.png", zoom=1.4)
 
     # --- explain the plaque region of the synthesized image
@@ -228,6 +231,7 @@ def run_demo(
     _wait(compare_w.job, timeout, "Grad-CAM")
     for layer in viewer.layers:
         layer.visible = layer.name in {"T1", roi.name} or layer is compare_w.cam_layer
+    compare_w.tabs.setCurrentIndex(2)  # Explain: method and layer choices
     shots["04_gradcam"] = _grab(viewer, out / "04_gradcam.png", zoom=1.4)
 
     # --- reader study: acquired vs synthesized, blinded
