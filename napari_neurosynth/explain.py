@@ -593,9 +593,9 @@ def _model_and_stacks(model: Any, inputs: Any):
     """
     from . import inference
 
-    model = inference._as_model(model)
+    model = inference.as_model(model)
     volumes, _ = inference.prepare_inputs(model, inputs)
-    scales = inference._scales(model, volumes)
+    scales = inference.input_scales(model, volumes)
     slicing = model.card.get("slicing") or {}
     from .preprocessing import slice_axis
 
@@ -902,7 +902,7 @@ def uncertainty(
     from . import inference
     from .io import Volume
 
-    model = inference._as_model(model)
+    model = inference.as_model(model)
     volumes, _ = inference.prepare_inputs(model, inputs)
     first = volumes[0]
     axis = _slice_axis_of(model, first)

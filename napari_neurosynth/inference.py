@@ -204,7 +204,12 @@ def _cancelled(cancel: Any) -> bool:
 # --------------------------------------------------------------------------- inputs
 
 
-def _as_model(model: Any):
+def as_model(model: Any):
+    """``model`` as a :class:`~napari_neurosynth.bundle.Model`: loads a bundle name or folder.
+
+    Shared by the engine and :mod:`napari_neurosynth.explain`, which must see the
+    same network the engine runs.
+    """
     from .bundle import Model, load_model
 
     if isinstance(model, (str, os.PathLike)):
@@ -304,7 +309,8 @@ def prepare_inputs(model: Any, inputs: Any, resample: bool = False) -> tuple[lis
     return volumes, resampled
 
 
-def _scales(model: Any, volumes: Sequence[Volume]) -> list[float]:
+def input_scales(model: Any, volumes: Sequence[Volume]) -> list[float]:
+    """Each input's intensity divisor under the card's normalisation (errors name the input)."""
     out = []
     for i, vol in enumerate(volumes):
         try:
@@ -461,12 +467,12 @@ def _run(model: Any, inputs: Any, device: str | torch.device, progress: Progress
          batch_size: int | str, precision: str | None, resample: bool, crop: bool, memory_budget: float | None,
          channels_last: bool | None) -> tuple[np.ndarray, InferenceInfo]:
     t_start = time.perf_counter()
-    model = _as_model(model)
+    model = as_model(model)
     card = model.card
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     volumes, resampled = prepare_inputs(model, inputs, resample)
-    scales = _scales(model, volumes)
+    scales = input_scales(model, volumes)
     first = volumes[0]
     slicing = card.get("slicing") or {}
     axis = slice_axis(first.affine, slicing.get("plane", "axial"))
@@ -731,7 +737,7 @@ def synthesize_volume(model: Any, inputs: Any, device: str | torch.device = "aut
     ``source_path`` of the first input when known. Keyword arguments are those of
     :func:`synthesize`.
     """
-    model = _as_model(model)
+    model = as_model(model)
     out, info = _run(model, inputs, device, progress, kwargs.pop("cancel", None), kwargs.pop("batch_size", "auto"),
                      kwargs.pop("precision", "auto"), kwargs.pop("resample", False), kwargs.pop("crop", True),
                      kwargs.pop("memory_budget", None), kwargs.pop("channels_last", None))
@@ -773,9 +779,9 @@ def reference_synthesize(model: Any, inputs: Any, resample: bool = False,
     be compared voxel for voxel; it is the reference :func:`synthesize` is tested
     and benchmarked against.
     """
-    model = _as_model(model)
+    model = as_model(model)
     volumes, _ = prepare_inputs(model, inputs, resample)
-    scales = _scales(model, volumes)
+    scales = input_scales(model, volumes)
     slicing = model.card.get("slicing") or {}
     axis = slice_axis(volumes[0].affine, slicing.get("plane", "axial"))
     context = int(slicing.get("context", 0))
