@@ -259,7 +259,6 @@ def is_phantom_only(card: dict) -> bool:
     return isinstance(data, str) and "phantom" in data.lower() and not training.get("real_data")
 
 
-_is_phantom_only = is_phantom_only  # the name the Synthesize widget imports
 
 
 def _fmt(value: Any) -> str:
@@ -278,7 +277,7 @@ def render_readme(card: dict) -> str:
     lines = [f"# {name}", ""]
     if card.get("description"):
         lines += [card["description"], ""]
-    if _is_phantom_only(card):
+    if is_phantom_only(card):
         lines += [
             "> **Trained on the synthetic napari-neurosynth brain phantom only.** It demonstrates the tool; it",
             "> has never seen a real scan and must not be used for clinical or research conclusions. Train on",
@@ -648,7 +647,7 @@ class Model:
     @property
     def phantom_only(self) -> bool:
         """Whether the card says the model was trained on the synthetic phantom only."""
-        return _is_phantom_only(self.card)
+        return is_phantom_only(self.card)
 
     def describe(self) -> str:
         """A short human summary (a few lines), e.g. for tooltips.

@@ -82,7 +82,7 @@ def card_details_html(card: dict) -> str:
     phantom-only caveat when the card says so), and the held-out metrics next to
     the baselines the card compares against.
     """
-    from napari_neurosynth.bundle import _is_phantom_only  # the card's own rule for the caveat
+    from napari_neurosynth.bundle import is_phantom_only  # the card's own rule for the caveat
 
     name = html.escape(str(card.get("name", "model")))
     inputs = " + ".join(modality_label(m) for m in card.get("inputs", []))
@@ -102,7 +102,7 @@ def card_details_html(card: dict) -> str:
     training = card.get("training") or {}
     if training.get("data"):
         parts.append(f"<br><b>Training data:</b> {_fmt(training['data'])}")
-    if _is_phantom_only(card):
+    if is_phantom_only(card):
         parts.append(
             "<br><span style='color:#e8a33d'><b>Trained on the synthetic phantom only</b>: a demonstration, "
             "not for clinical or research conclusions. Train on your own data with "
