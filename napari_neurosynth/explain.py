@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import NeurosynthError
-from .metrics import ArrayOrVolume, as_array, check_same_grid
+from .metrics import ArrayOrVolume, _normalize, as_array, check_same_grid
 
 __all__ = [
     "difference_map",
@@ -81,10 +81,8 @@ def _normalized_pair(synth, target, normalize: bool) -> tuple[np.ndarray, np.nda
     check_same_grid(synth, target)
     s = as_array(synth, "synth")[0].astype(np.float64)
     t = as_array(target, "target")[0].astype(np.float64)
-    if normalize:
-        from .preprocessing import normalize_intensity
-
-        s, t = normalize_intensity(s).astype(np.float64), normalize_intensity(t).astype(np.float64)
+    if normalize:  # the same normalisation evaluate() applies
+        s, t = _normalize(s), _normalize(t)
     return s, t
 
 

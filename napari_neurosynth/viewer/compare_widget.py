@@ -55,6 +55,7 @@ from ._qt_common import (
     notify_exception,
     robust_contrast_limits,
 )
+from .layers import affine_from_layer_attributes, layer_transform_kwargs
 
 __all__ = ["CompareExplainWidget", "METRIC_COLUMNS", "REGION_COLUMNS"]
 
@@ -107,21 +108,10 @@ def _brain_mask_score(layer) -> int:
 
 
 def _same_transform(a, b) -> bool:
-    from napari_neurosynth.viewer.layers import affine_from_layer_attributes
-
     def matrix(layer):
-        return affine_from_layer_attributes(
-            {"scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate,
-             "shear": layer.shear, "affine": layer.affine}
-        )
+        return affine_from_layer_attributes(layer_transform_kwargs(layer))
 
     return bool(np.allclose(matrix(a), matrix(b), atol=1e-4))
-
-
-def _transform_kwargs(layer) -> dict:
-    """The layer's full data -> world transform, to give a new layer on the same grid."""
-    return {"affine": layer.affine, "scale": layer.scale, "translate": layer.translate,
-            "rotate": layer.rotate, "shear": layer.shear}
 
 
 class CompareExplainWidget(QWidget):
@@ -472,11 +462,11 @@ class CompareExplainWidget(QWidget):
             self.viewer.layers.remove(self.regions_layer)
         self.zmap_layer = self.viewer.add_image(
             result["z"], name=name, colormap=zmap_colormap(), contrast_limits=(-Z_LIMIT, Z_LIMIT),
-            blending="translucent", opacity=0.9, metadata=meta, **_transform_kwargs(synth_layer),
+            blending="translucent", opacity=0.9, metadata=meta, **layer_transform_kwargs(synth_layer),
         )
         self.regions_layer = self.viewer.add_labels(
             result["labels"], name="disagreement regions", opacity=0.6,
-            metadata={**meta, "regions": result["table"]}, **_transform_kwargs(synth_layer),
+            metadata={**meta, "regions": result["table"]}, **layer_transform_kwargs(synth_layer),
         )
         self.regions = result["table"]
         self.region_table.set_rows(
@@ -513,7 +503,7 @@ class CompareExplainWidget(QWidget):
             return None
         layer = self.viewer.add_shapes(
             ndim=synth.ndim, name=f"ROI on {synth.name}", edge_color="yellow", face_color=[1, 1, 0, 0.15],
-            edge_width=1, **_transform_kwargs(synth),
+            edge_width=1, **layer_transform_kwargs(synth),
         )
         layer.mode = "add_rectangle"
         self.roi_combo.set_layer(layer)
@@ -610,7 +600,7 @@ class CompareExplainWidget(QWidget):
             opacity=0.5, contrast_limits=(0.0, 1.0),
             metadata={"kind": "gradcam", "method": method, "layer": layer_name, "model": self._model.name,
                       "synthesized": False, "explains": synth_name},
-            **_transform_kwargs(first),
+            **layer_transform_kwargs(first),
         )
         self.status.setText(f"Added {self.cam_layer.name}: bright where the input drove the ROI's values.")
 
@@ -631,7 +621,7 @@ class CompareExplainWidget(QWidget):
             std, name=f"uncertainty of {synth_name}", colormap="magma", blending="additive", opacity=0.7,
             contrast_limits=robust_contrast_limits(std, 0.0, 99.5),
             metadata={"kind": "uncertainty", "model": self._model.name, "explains": synth_name},
-            **_transform_kwargs(first),
+            **layer_transform_kwargs(first),
         )
         self.status.setText(f"Added {self.uncertainty_layer.name} (standard deviation, normalised units).")
 

@@ -139,6 +139,16 @@ def affine_from_layer_attributes(attributes: Mapping[str, Any], ndim: int = 3) -
     return matrix
 
 
+def layer_transform_kwargs(layer: Any) -> dict[str, Any]:
+    """A layer's full data -> world transform, as ``viewer.add_*`` keyword arguments.
+
+    Passing them to a new layer puts it on the same grid whatever mix of affine,
+    scale, translate, rotate and shear the source uses.
+    """
+    return {"affine": layer.affine, "scale": layer.scale, "translate": layer.translate,
+            "rotate": layer.rotate, "shear": layer.shear}
+
+
 def layer_to_volume(layer: Any) -> Volume:
     """A :class:`Volume` from a napari Image or Labels layer, using its full world transform.
 
@@ -166,16 +176,7 @@ def layer_to_volume(layer: Any) -> Volume:
         raise NeurosynthError(
             f"layer {layer.name!r} has shape {data.shape}; a 3-D single-channel image or labels layer is needed"
         )
-    affine = _transform_from_state(
-        {
-            "scale": layer.scale,
-            "translate": layer.translate,
-            "rotate": layer.rotate,
-            "shear": layer.shear,
-            "affine": layer.affine,
-        },
-        3,
-    )
+    affine = _transform_from_state(layer_transform_kwargs(layer), 3)
     metadata = dict(layer.metadata or {})
     metadata["name"] = layer.name
     return Volume(data, affine, metadata)

@@ -48,6 +48,7 @@ from ._qt_common import (
     notify_exception,
     robust_contrast_limits,
 )
+from .layers import layer_transform_kwargs
 
 __all__ = ["SynthesizeWidget", "card_details_html", "modality_label"]
 
@@ -440,16 +441,7 @@ class SynthesizeWidget(QWidget):
         self._models[model.name] = model
         data, kwargs, _ = result["layer_data"]
         kwargs.pop("affine", None)
-        # Same world transform as the source layer, whatever mix of affine/scale/translate it uses.
-        layer = self.viewer.add_image(
-            data,
-            affine=source.affine,
-            scale=source.scale,
-            translate=source.translate,
-            rotate=source.rotate,
-            shear=source.shear,
-            **kwargs,
-        )
+        layer = self.viewer.add_image(data, **layer_transform_kwargs(source), **kwargs)
         self.result_layer = layer
         self.status.setText(
             f"Added “{layer.name}” in {result['seconds']:.2f} s on {result['device']}."
