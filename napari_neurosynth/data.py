@@ -101,18 +101,20 @@ class Subject:
         first = next(iter(self.images.values()))
         return foreground_mask(first.data)
 
-    def on_grid_of(self, reference: str) -> "Subject":
-        """All images resampled (linear) onto the grid of ``reference``; masks must already be there.
+    def on_grid_of(self, reference: str, keep: Iterable[str] | None = None) -> "Subject":
+        """Images resampled (linear) onto the grid of ``reference``; masks must already be there.
 
         A volume already on the reference grid is kept as is, so for phantoms only
         ``t2_lowres`` (4x thicker slices) is resampled, exactly as the inference
-        engine resamples it onto the first input's grid.
+        engine resamples it onto the first input's grid. ``keep`` limits the
+        result to those modalities (the others are neither resampled nor kept).
         """
-        self.require([reference])
+        self.require([reference, *(keep or [])])
         ref = self.images[reference]
-        images = {k: (v if _same_grid(v, ref) else resample_to(v, ref)) for k, v in self.images.items()}
+        wanted = {k: v for k, v in self.images.items() if keep is None or k in set(keep)}
+        images = {k: (v if _same_grid(v, ref) else resample_to(v, ref)) for k, v in wanted.items()}
         # keep the acquired volumes too: the inference engine resamples them itself
-        meta = {**self.meta, "raw_images": dict(self.images)}
+        meta = {**self.meta, "raw_images": dict(wanted)}
         return Subject(self.name, images, self.brain_mask, self.lesion_mask, meta)
 
 
@@ -340,7 +342,7 @@ def load_subjects(
     if modalities:
         for s in subjects:
             s.require(modalities)
-        subjects = [s.on_grid_of(modalities[0]) for s in subjects]
+        subjects = [s.on_grid_of(modalities[0], keep=modalities) for s in subjects]
         for s in subjects:
             ref = s.images[modalities[0]]
             for label, m in (("brain mask", s.brain_mask), ("lesion mask", s.lesion_mask)):

@@ -44,6 +44,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -463,14 +464,37 @@ def _slice_tensor(volume: np.ndarray, axis: int, device: torch.device) -> torch.
     return t.movedim(axis, 0)
 
 
+@contextlib.contextmanager
+def _strict_fp32(device: torch.device, precision: str):
+    """On CUDA, ``fp32`` means IEEE fp32: TF32 convolutions and matmuls (torch's cuDNN
+    default, ~1e-3 relative error) are switched off for the call and restored after."""
+    if device.type != "cuda" or precision != "fp32":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _run(model: Any, inputs: Any, device: str | torch.device, progress: ProgressCallback | None, cancel: Any,
          batch_size: int | str, precision: str | None, resample: bool, crop: bool, memory_budget: float | None,
          channels_last: bool | None) -> tuple[np.ndarray, InferenceInfo]:
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    with _strict_fp32(dev, prec):
+        return _run_on(model, inputs, dev, prec, progress, cancel, batch_size, resample, crop, memory_budget,
+                       channels_last)
+
+
+def _run_on(model: Any, inputs: Any, dev: torch.device, prec: str, progress: ProgressCallback | None, cancel: Any,
+            batch_size: int | str, resample: bool, crop: bool, memory_budget: float | None,
+            channels_last: bool | None) -> tuple[np.ndarray, InferenceInfo]:
     t_start = time.perf_counter()
     model = as_model(model)
     card = model.card
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
     volumes, resampled = prepare_inputs(model, inputs, resample)
     scales = input_scales(model, volumes)
     first = volumes[0]

@@ -96,6 +96,39 @@ def cycle_loss(reconstructed_a: torch.Tensor, real_a: torch.Tensor,
     return loss
 
 
+class LowPass(nn.Module):
+    """Gaussian low-pass of a ``(B, C, H, W)`` batch (MONAI's ``GaussianFilter``); ``sigma`` 0 is the identity.
+
+    The unpaired recipe applies it before the discriminators and inside the
+    cycle loss (``--disc-blur``, ``--cycle-blur``): on noisy MR both terms
+    otherwise reward the generator for reproducing noise, which it can only
+    paint (uncorrelated with the acquired noise) or hide in its output as a code
+    for the way back (CycleGAN's "steganography", Chu et al. 2017). Above the
+    noise scale, contrast and anatomy are unchanged, so the terms still judge them.
+
+    Examples
+    --------
+    >>> x = torch.zeros(1, 1, 9, 9); x[..., 4, 4] = 1.0
+    >>> y = LowPass(1.0)(x)
+    >>> round(float(y.sum()), 3), float(y.max()) < 1.0
+    (1.0, True)
+    >>> LowPass(0.0)(x) is x
+    True
+    """
+
+    def __init__(self, sigma: float = 0.0):
+        super().__init__()
+        self.sigma = float(sigma)
+        self.filter = None
+        if self.sigma > 0:
+            from monai.networks.layers import GaussianFilter
+
+            self.filter = GaussianFilter(2, self.sigma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.filter is None else self.filter(x)
+
+
 def identity_loss(same: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Identity loss L_iden (Table 5): ``mean|G_Y(y) - y|``, a generator fed its own
     target domain should leave it unchanged (preserves intensities).

@@ -97,6 +97,10 @@ class TrainConfig:
     lambda_gdl: float = 0.0
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.0
+    disc_blur: float = 0.0
+    cycle_blur: float = 0.0
+    pool_size: int = 0
+    ema: float = 0.0
     disc_base: int = 16
     disc_layers: int = 3
     seed: int = 0
@@ -105,6 +109,7 @@ class TrainConfig:
     heldout: str | None = None
     heldout_resolution: float = 2.0
     task: str | None = None
+    device: str = "cpu"
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -118,6 +123,12 @@ class TrainConfig:
         for key in ("batch", "epochs", "steps_per_epoch", "patch"):
             if int(getattr(self, key)) < 1:
                 raise NeurosynthError(f"--{key.replace('_', '-')} must be at least 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise NeurosynthError("--ema is a decay per step in [0, 1) (e.g. 0.999); 0 turns it off")
+        if self.pool_size < 0:
+            raise NeurosynthError("--pool-size cannot be negative")
+        if self.disc_blur < 0 or self.cycle_blur < 0:
+            raise NeurosynthError("--disc-blur and --cycle-blur are Gaussian sigmas in pixels and cannot be negative")
         if self.patch % 4:
             raise NeurosynthError("--patch must be a multiple of 4 (the generators downsample by 4)")
 
@@ -140,9 +151,14 @@ def build_generator(cfg: TrainConfig, reverse: bool = False) -> nn.Module:
     return build_network(cfg.architecture, **args)
 
 
-def _seed_everything(seed: int) -> None:
+def _seed_everything(seed: int, device: torch.device) -> None:
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        # GPU runs trade bit-reproducibility for cuDNN's fastest kernels; CPU runs stay exact
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -170,7 +186,7 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, p
     opt.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
 
 
-def save_checkpoint(folder: Path, nets: dict, opts: dict, meta: dict) -> None:
+def save_checkpoint(folder: Path, nets: dict, opts: dict, meta: dict, extra: dict | None = None) -> None:
     """Write ``checkpoint.safetensors`` + ``checkpoint.json`` atomically (weights, optimisers, RNG, step)."""
     from safetensors.torch import save_file
 
@@ -185,6 +201,8 @@ def save_checkpoint(folder: Path, nets: dict, opts: dict, meta: dict) -> None:
         tensors.update(t)
         opt_plain[key] = p
     tensors["rng.torch"] = torch.get_rng_state()
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
     tmp = folder / "checkpoint.safetensors.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, folder / "checkpoint.safetensors")
@@ -208,6 +226,7 @@ def load_checkpoint(folder: Path, nets: dict, opts: dict) -> dict:
     for key, opt in opts.items():
         _restore_optimizer(f"opt.{key}", opt, tensors, meta["optimizers"][key])
     torch.set_rng_state(tensors["rng.torch"])
+    meta["extra_tensors"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta
 
 
@@ -221,6 +240,7 @@ def predict_stack(network: nn.Module, subj: PreparedSubject, inputs: Sequence[st
     from .data import context_stack
 
     network.eval()
+    device = next(network.parameters()).device
     S, H, W = subj.mask.shape
     div = int(getattr(network, "size_divisor", 1))
     Hp, Wp = -(-H // div) * div, -(-W // div) * div
@@ -229,7 +249,7 @@ def predict_stack(network: nn.Module, subj: PreparedSubject, inputs: Sequence[st
         idx = range(start, min(S, start + batch))
         x = np.stack([np.concatenate([context_stack(subj.arrays[m], s, context) for m in inputs]) for s in idx])
         x = np.pad(x, ((0, 0), (0, 0), (0, Hp - H), (0, Wp - W)))
-        out[start:start + len(idx)] = network(torch.from_numpy(x)).numpy()[:, 0, :H, :W]
+        out[start:start + len(idx)] = network(torch.from_numpy(x).to(device)).cpu().numpy()[:, 0, :H, :W]
     network.train()
     return out
 
@@ -247,6 +267,53 @@ def validate(network: nn.Module, subjects: Sequence[PreparedSubject], inputs, ou
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+class ImagePool:
+    """CycleGAN's history of synthesized images for the discriminator (Shrivastava et al. 2017).
+
+    Each query returns, image by image, either the new image or (once the pool is
+    full, with probability 1/2) a stored older one that the new image replaces, so
+    the discriminator also remembers what earlier generators produced and the two
+    players oscillate less. Randomness comes from the trainer's numpy generator,
+    so a resumed run continues exactly.
+
+    Examples
+    --------
+    >>> pool = ImagePool(2, np.random.default_rng(0))
+    >>> pool.query(torch.ones(3, 1, 4, 4)).shape
+    torch.Size([3, 1, 4, 4])
+    >>> len(pool.images)
+    2
+    """
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size = int(size)
+        self.rng = rng
+        self.images: list[torch.Tensor] = []
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch.detach()
+        out = []
+        for image in batch.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif self.rng.random() < 0.5:
+                k = int(self.rng.integers(self.size))
+                out.append(self.images[k].clone())
+                self.images[k] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state(self) -> torch.Tensor | None:
+        return torch.cat(self.images, 0) if self.images else None
+
+    def restore(self, stacked: torch.Tensor | None, device: torch.device) -> None:
+        self.images = [] if stacked is None else [t.unsqueeze(0).to(device) for t in stacked]
 
 
 class Trainer:
@@ -273,17 +340,23 @@ class Trainer:
         self.train_subjects = [prepare(s, mods, cfg.normalization, cfg.plane) for s in subjects]
         self.val_subjects = [prepare(s, mods, cfg.normalization, cfg.plane) for s in (val_subjects or [])]
         self.rng = np.random.default_rng(cfg.seed)
-        _seed_everything(cfg.seed)
-        self.G = build_generator(cfg)
+        from .inference import resolve_device
+
+        self.device = resolve_device(cfg.device)
+        _seed_everything(cfg.seed, self.device)
+        self.G = build_generator(cfg).to(self.device)
         self.nets: dict[str, nn.Module] = {"G": self.G}
         per = 2 * cfg.context + 1
         betas = (cfg.beta1, 0.999)
         if cfg.mode == "unpaired":
             if len(self.train_subjects) < 2:
                 raise NeurosynthError("unpaired training needs at least 2 subjects (source and target come from different ones)")
-            self.F = build_generator(cfg, reverse=True)
-            self.DA = build_network("patchgan", in_channels=1, base=cfg.disc_base, n_layers=cfg.disc_layers)
-            self.DB = build_network("patchgan", in_channels=1, base=cfg.disc_base, n_layers=cfg.disc_layers)
+            self.F = build_generator(cfg, reverse=True).to(self.device)
+            self.DA = build_network("patchgan", in_channels=1, base=cfg.disc_base, n_layers=cfg.disc_layers).to(self.device)
+            self.DB = build_network("patchgan", in_channels=1, base=cfg.disc_base, n_layers=cfg.disc_layers).to(self.device)
+            self.disc_low_pass = L.LowPass(cfg.disc_blur).to(self.device)
+            self.pool_a, self.pool_b = ImagePool(cfg.pool_size, self.rng), ImagePool(cfg.pool_size, self.rng)
+            self.cycle_low_pass = L.LowPass(cfg.cycle_blur).to(self.device)
             self.nets.update(F=self.F, DA=self.DA, DB=self.DB)
             half_a, half_b = self.train_subjects[0::2], self.train_subjects[1::2]
             self.sampler_a = SliceSampler(half_a, cfg.inputs, None, 0, cfg.patch, self.rng)
@@ -294,21 +367,35 @@ class Trainer:
             }
         else:
             self.D = build_network("patchgan", in_channels=per * len(cfg.inputs) + 1, base=cfg.disc_base,
-                                   n_layers=cfg.disc_layers)
+                                   n_layers=cfg.disc_layers).to(self.device)
             self.nets["D"] = self.D
             self.sampler = SliceSampler(self.train_subjects, cfg.inputs, cfg.output, cfg.context, cfg.patch, self.rng)
             self.opts = {"G": torch.optim.Adam(self.G.parameters(), cfg.lr, betas),
                          "D": torch.optim.Adam(self.D.parameters(), cfg.lr, betas)}
+        self.G_ema = None
+        if cfg.ema:
+            # Exponential moving average of the generator's weights (Yazici et al. 2019): GAN
+            # generators oscillate around a good solution and their average sits nearer to it.
+            # Validation and the exported bundle use the average.
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.G_ema = AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.nets["G_ema"] = self.G_ema
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
+
+    @property
+    def generator(self) -> nn.Module:
+        """The generator to validate and export: the weight average when ``ema`` is on."""
+        return self.G_ema.module if self.G_ema is not None else self.G
 
     # ---- steps
 
     def _paired_step(self) -> dict:
         cfg = self.cfg
         x, y, _ = self.sampler.batch(cfg.batch)
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        x, y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         fake = self.G(x)
         # discriminator: real pairs -> 1, synthesized pairs -> 0
         self.opts["D"].zero_grad()
@@ -332,14 +419,15 @@ class Trainer:
 
     def _unpaired_step(self) -> dict:
         cfg = self.cfg
-        a = torch.from_numpy(self.sampler_a.batch(cfg.batch)[0])
-        b = torch.from_numpy(self.sampler_b.batch(cfg.batch)[0])
+        a = torch.from_numpy(self.sampler_a.batch(cfg.batch)[0]).to(self.device)
+        b = torch.from_numpy(self.sampler_b.batch(cfg.batch)[0]).to(self.device)
+        dlp, clp = self.disc_low_pass, self.cycle_low_pass  # identity unless --disc-blur / --cycle-blur
         self.opts["G"].zero_grad()
         fake_b, fake_a = self.G(a), self.F(b)
-        adv = L.lsgan_generator_loss(self.DB(fake_b)) + L.lsgan_generator_loss(self.DA(fake_a))
-        cyc = L.cycle_loss(self.F(fake_b), a, self.G(fake_a), b)
+        adv = L.lsgan_generator_loss(self.DB(dlp(fake_b))) + L.lsgan_generator_loss(self.DA(dlp(fake_a)))
+        cyc = L.cycle_loss(clp(self.F(fake_b)), clp(a), clp(self.G(fake_a)), clp(b))
         g_loss = cfg.lambda_adv * adv + cfg.lambda_cycle * cyc
-        idt = torch.zeros(())
+        idt = torch.zeros((), device=self.device)
         if cfg.lambda_identity:
             # identity (Zhu et al.'s colour-preservation term) pulls G towards copying its input,
             # the worst answer for an inverted contrast such as T1 -> T2; skipped when its weight is 0
@@ -348,11 +436,13 @@ class Trainer:
         g_loss.backward()
         self.opts["G"].step()
         self.opts["D"].zero_grad()
-        d_loss = (L.lsgan_discriminator_loss(self.DB(b), self.DB(fake_b.detach()))
-                  + L.lsgan_discriminator_loss(self.DA(a), self.DA(fake_a.detach())))
+        old_b, old_a = self.pool_b.query(fake_b), self.pool_a.query(fake_a)  # detached
+        d_loss = (L.lsgan_discriminator_loss(self.DB(dlp(b)), self.DB(dlp(old_b)))
+                  + L.lsgan_discriminator_loss(self.DA(dlp(a)), self.DA(dlp(old_a))))
         d_loss.backward()
         self.opts["D"].step()
-        return {"g": g_loss.item(), "cycle": cyc.item(), "identity": idt.item(), "adv": adv.item(), "d": d_loss.item()}
+        return {"g": g_loss.item(), "cycle": cyc.item(), "identity": idt.item(), "adv": adv.item(),
+                "d": d_loss.item()}
 
     def lr_at(self, epoch: int) -> float:
         """pix2pix/CycleGAN schedule: constant, then linear to 0 from ``lr_decay_start`` of the epochs."""
@@ -365,6 +455,8 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimisation step (generator(s) and discriminator(s)); returns the losses."""
         out = self._unpaired_step() if self.cfg.mode == "unpaired" else self._paired_step()
+        if self.G_ema is not None:
+            self.G_ema.update_parameters(self.G)
         self.step += 1
         return out
 
@@ -373,18 +465,27 @@ class Trainer:
     def save_checkpoint(self, folder: str | Path) -> None:
         meta = {"step": self.step, "epoch": self.epoch, "history": self.history, "config": asdict(self.cfg),
                 "rng.numpy": self.rng.bit_generator.state}
-        save_checkpoint(Path(folder), self.nets, self.opts, meta)
+        extra = {}
+        if self.cfg.mode == "unpaired":
+            for key, pool in (("pool_a", self.pool_a), ("pool_b", self.pool_b)):
+                if pool.state() is not None:
+                    extra[key] = pool.state()
+        save_checkpoint(Path(folder), self.nets, self.opts, meta, extra)
 
     def load_checkpoint(self, folder: str | Path) -> None:
         js = Path(folder) / "checkpoint.json"
         saved = json.loads(js.read_text()).get("config", {}) if js.is_file() else {}
-        for key in ("mode", "inputs", "output", "architecture", "arch_args", "context", "seed", "disc_base"):
+        for key in ("mode", "inputs", "output", "architecture", "arch_args", "context", "seed", "disc_base",
+                    "disc_layers"):
             if key in saved and saved[key] != getattr(self.cfg, key):
                 raise NeurosynthError(
                     f"--resume: the checkpoint was trained with {key}={saved[key]!r}, not {getattr(self.cfg, key)!r}; "
                     "use the same options or a fresh --checkpoint-dir"
                 )
         meta = load_checkpoint(Path(folder), self.nets, self.opts)
+        if self.cfg.mode == "unpaired":
+            self.pool_a.restore(meta["extra_tensors"].get("pool_a"), self.device)
+            self.pool_b.restore(meta["extra_tensors"].get("pool_b"), self.device)
         self.step, self.epoch, self.history = meta["step"], meta["epoch"], meta["history"]
         self.rng.bit_generator.state = meta["rng.numpy"]
 
@@ -426,7 +527,7 @@ class Trainer:
             row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.lr_at(self.epoch),
                    **{k: v / cfg.steps_per_epoch for k, v in sums.items()}}
             if self.val_subjects:
-                val = validate(self.G, self.val_subjects, cfg.inputs, cfg.output, cfg.context)
+                val = validate(self.generator, self.val_subjects, cfg.inputs, cfg.output, cfg.context)
                 row.update({f"val_{k}": v for k, v in val.items()})
             row["seconds"] = round(time.perf_counter() - t0, 2)
             self.history.append(row)
@@ -455,7 +556,9 @@ class Trainer:
             "mode": cfg.mode,
             "losses": ({"adversarial": "LSGAN, PatchGAN per domain", "lambda_adv": cfg.lambda_adv,
                         "cycle": "L1", "lambda_cycle": cfg.lambda_cycle,
-                        "identity": "L1", "lambda_identity": cfg.lambda_identity}
+                        "identity": "L1", "lambda_identity": cfg.lambda_identity,
+                        "disc_blur_px": cfg.disc_blur, "cycle_blur_px": cfg.cycle_blur,
+                        "image_pool": cfg.pool_size}
                        if cfg.mode == "unpaired" else
                        {"pixel": "L1", "lambda_l1": cfg.lambda_l1, "adversarial": "LSGAN, conditional PatchGAN",
                         "lambda_adv": cfg.lambda_adv, "lambda_gdl": cfg.lambda_gdl}),
@@ -464,13 +567,16 @@ class Trainer:
                           f"{cfg.lr_decay_start:g} of the epochs, then linear decay towards 0"),
             "epochs": cfg.epochs, "steps_per_epoch": cfg.steps_per_epoch, "steps": self.step,
             "batch": cfg.batch, "patch": cfg.patch, "seed": cfg.seed,
+            "weights": (f"exponential moving average of the generator's weights (decay {cfg.ema:g})"
+                        if cfg.ema else "the generator's weights after the last step"),
             "data_spec": cfg.data, "resolution": list(cfg.resolution),
             "validation": cfg.val_data or ("phantom:900" if cfg.data.startswith("phantom:") else None),
+            "device": str(self.device) + ("" if self.device.type == "cpu" else " (not bit-reproducible)"),
         }
         card = {
             "name": cfg.name, "version": "1.0", "task": task,
             "inputs": list(cfg.inputs), "output": cfg.output,
-            "architecture": dict(self.G.architecture),
+            "architecture": dict(self.generator.architecture),
             "normalization": dict(cfg.normalization),
             "slicing": {"plane": cfg.plane, "context": cfg.context},
             "training": {"data": data, "command": command or "", "recipe": recipe,
@@ -494,14 +600,14 @@ def export_bundle(trainer: Trainer, folder: str | Path, command: str | None = No
 
     card = trainer.card(command)
     folder = Path(folder)
-    save_bundle(trainer.G, card, folder)
+    save_bundle(trainer.generator, card, folder)
     if heldout:
         seeds = parse_seeds(heldout)
         (log or trainer.log)(f"held-out evaluation on phantom seeds {seeds} at {heldout_resolution:g} mm ...")
         lut = fit_lut(trainer.train_subjects, trainer.cfg.inputs, trainer.cfg.output)
         table = evaluate_bundle(load_model(folder), seeds, heldout_resolution, lut=lut)
         card["metrics"] = table
-        save_bundle(trainer.G, card, folder)
+        save_bundle(trainer.generator, card, folder)
     return folder
 
 

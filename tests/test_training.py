@@ -35,7 +35,7 @@ def subjects(phantom3):
 
 
 def _grid(subjects, modalities):
-    return [s.on_grid_of(modalities[0]) for s in subjects]
+    return [s.on_grid_of(modalities[0], keep=modalities) for s in subjects]
 
 
 def _fixed_eval(trainer: Trainer, n=6):
@@ -62,19 +62,20 @@ def _fixed_eval(trainer: Trainer, n=6):
 
 
 @pytest.mark.parametrize(
-    "mode,inputs,output,arch,args,context",
+    "mode,inputs,output,arch,args,context,extra",
     [
-        ("paired", ["t1"], "t2", "resnet", TINY, 1),
-        ("paired", ["t1", "t2"], "flair", "fusion", TINY, 1),
-        ("mcsr", ["t1", "t2_lowres"], "t2", "mcsr", TINY, 0),
-        ("unpaired", ["t1"], "t2", "resnet", TINY, 0),
+        ("paired", ["t1"], "t2", "resnet", TINY, 1, {}),
+        ("paired", ["t1", "t2"], "flair", "fusion", TINY, 1, {}),
+        ("mcsr", ["t1", "t2_lowres"], "t2", "mcsr", TINY, 0, {}),
+        ("unpaired", ["t1"], "t2", "resnet", TINY, 0, {}),
+        ("unpaired", ["t1"], "t2", "resnet", TINY, 0, {"disc_blur": 1.0, "cycle_blur": 1.0}),
     ],
-    ids=["paired", "multi-input", "mcsr", "unpaired"],
+    ids=["paired", "multi-input", "mcsr", "unpaired", "unpaired-low-pass"],
 )
-def test_a_few_steps_lower_the_loss(subjects, mode, inputs, output, arch, args, context):
+def test_a_few_steps_lower_the_loss(subjects, mode, inputs, output, arch, args, context, extra):
     cfg = TrainConfig(mode=mode, inputs=inputs, output=output, data="phantom:0-1", architecture=arch,
                       arch_args=args, context=context, patch=32, batch=4, epochs=1, steps_per_epoch=12,
-                      lr=2e-3, disc_base=4, seed=0)
+                      lr=2e-3, disc_base=4, seed=0, device="cpu", **extra)
     trainer = Trainer(cfg, subjects=_grid(subjects, inputs + [output]), val_subjects=[])
     loss = _fixed_eval(trainer)
     before = loss()
@@ -117,6 +118,53 @@ def test_resume_is_identical_to_an_uninterrupted_run(subjects, tmp_path):
         other.fit(tmp_path / "b", resume=True, progress=False)
     with pytest.raises(NeurosynthError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing", {}, {})
+
+
+def test_unpaired_resume_keeps_image_pool_and_weight_average(subjects, tmp_path):
+    """The CycleGAN extras (image history, EMA generator) survive a checkpoint bit for bit."""
+    mods = ["t1", "t2"]
+
+    def cfg():
+        return TrainConfig(mode="unpaired", inputs=["t1"], output="t2", data="phantom:0-1", arch_args=TINY,
+                           context=0, patch=32, batch=3, epochs=2, steps_per_epoch=2, disc_base=4, seed=3,
+                           pool_size=4, ema=0.9, disc_blur=1.0, cycle_blur=1.0)
+
+    straight = Trainer(cfg(), subjects=_grid(subjects, mods), val_subjects=[])
+    straight.fit(tmp_path / "a", progress=False)
+    assert len(straight.pool_b.images) == 4  # 12 synthesized images went through a pool of 4
+    first = Trainer(cfg(), subjects=_grid(subjects, mods), val_subjects=[])
+    first.fit(tmp_path / "b", progress=False, stop_after=1)
+    resumed = Trainer(cfg(), subjects=_grid(subjects, mods), val_subjects=[])
+    resumed.fit(tmp_path / "b", resume=True, progress=False)
+    for net in ("G", "F", "DA", "DB", "G_ema"):
+        for k, v in straight.nets[net].state_dict().items():
+            assert torch.equal(v, resumed.nets[net].state_dict()[k]), (net, k)
+    # the exported generator is the average, not the last step's weights
+    assert resumed.generator is resumed.G_ema.module
+    w_avg = dict(resumed.generator.named_parameters())
+    differs = any(not torch.equal(p, w_avg[n]) for n, p in resumed.G.named_parameters())
+    assert differs
+    folder = export_bundle(resumed, tmp_path / "bundle", command="neurosynth train ...")
+    card = json.loads((folder / "card.json").read_text())
+    assert "moving average" in card["training"]["recipe"]["weights"]
+    assert card["training"]["recipe"]["losses"]["image_pool"] == 4
+    loaded = load_model(folder).network
+    for k, v in resumed.generator.state_dict().items():
+        assert torch.equal(v.cpu(), loaded.state_dict()[k]), k
+
+
+def test_image_pool_returns_new_and_remembered_images():
+    from napari_neurosynth.training import ImagePool
+
+    pool = ImagePool(3, np.random.default_rng(0))
+    first = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)  # filling: passes through
+    later = torch.full((200, 1, 1, 1), 100.0)
+    out = pool.query(later).flatten()
+    remembered = int((out < 100).sum())
+    assert remembered == 3  # each of the 3 old images is handed back once, then replaced
+    assert sorted(float(t) for t in pool.images[0].flatten()) == [100.0]
+    assert ImagePool(0, np.random.default_rng(0)).query(first).data_ptr() == first.data_ptr()
 
 
 def test_validation_and_exported_bundle_runs(subjects, phantom3, tmp_path):
@@ -170,3 +218,48 @@ def test_bad_training_options(subjects):
     with pytest.raises(NeurosynthError, match="context 0"):
         Trainer(TrainConfig(mode="unpaired", context=1), subjects=subjects, val_subjects=[])
     assert cli_main(["train", "--name", "x", "--out", "/tmp/x", "--data", "/nonexistent/folder"]) == 2
+
+
+def test_low_pass_removes_noise_but_keeps_contrast():
+    """The unpaired recipe's low-pass: noise-scale texture is suppressed, tissue contrast is not."""
+    from napari_neurosynth.losses import LowPass
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 1, 96, 96, generator=g)
+    edge = torch.zeros(1, 1, 96, 96)
+    edge[..., :, 48:] = 1.0  # a tissue boundary
+    lp = LowPass(1.0)
+    inner = (..., slice(8, -8), slice(8, -8))  # away from the zero-padded border
+    # white noise through a Gaussian of sigma s keeps 1 / (2 s sqrt(pi)) of its std: 0.28 at 1 px
+    assert float(lp(noise)[inner].std()) == pytest.approx(1 / (2 * np.sqrt(np.pi)), rel=0.1)
+    smoothed = lp(edge)[inner]
+    assert float(smoothed[..., :, :30].max()) < 1e-3 and float(smoothed[..., :, 60:].min()) > 0.999
+    with pytest.raises(NeurosynthError, match="cannot be negative"):
+        TrainConfig(mode="unpaired", context=0, disc_blur=-1).check()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_exports_a_bundle_that_runs_on_cpu(subjects, tmp_path):
+    mods = ["t1", "t2"]
+    cfg = TrainConfig(mode="unpaired", inputs=["t1"], output="t2", data="phantom:0-1", arch_args=TINY,
+                      context=0, patch=32, batch=4, epochs=1, steps_per_epoch=12, lr=2e-3, disc_base=4,
+                      disc_blur=1.0, cycle_blur=1.0, seed=0, device="cuda")
+    trainer = Trainer(cfg, subjects=_grid(subjects, mods), val_subjects=[])
+    assert next(trainer.G.parameters()).is_cuda and next(trainer.DB.parameters()).is_cuda
+    x = torch.from_numpy(trainer.sampler_a.batch(4)[0])
+    with torch.no_grad():
+        trainer.G.eval()
+        before = float((trainer.F(trainer.G(x.cuda())) - x.cuda()).abs().mean())
+    trainer.G.train()
+    trainer.fit(tmp_path / "ckpt", progress=False)
+    with torch.no_grad():
+        trainer.G.eval()
+        after = float((trainer.F(trainer.G(x.cuda())) - x.cuda()).abs().mean())
+        on_gpu = trainer.G(x.cuda()).cpu()
+    assert after < before
+    folder = export_bundle(trainer, tmp_path / "bundle", command="neurosynth train ...")
+    model = load_model(folder)
+    assert model.card["training"]["recipe"]["device"].startswith("cuda")
+    with torch.no_grad():
+        on_cpu = model.network.eval()(x)
+    assert float((on_cpu - on_gpu).abs().max()) < 1e-3

@@ -76,7 +76,19 @@ def register(subparsers) -> None:
     # generator (T1 -> T2) copy its input; off unless asked for.
     p.add_argument("--lambda-identity", type=float, default=0.0,
                    help="unpaired identity-loss weight (default 0: it pulls T1->T2 towards copying T1)")
+    p.add_argument("--disc-blur", type=float, default=0.0, metavar="SIGMA",
+                   help="unpaired: Gaussian low-pass (sigma in pixels) of real and synthesized images before the "
+                        "discriminators, so they judge contrast and anatomy rather than noise texture")
+    p.add_argument("--cycle-blur", type=float, default=0.0, metavar="SIGMA",
+                   help="unpaired: compare the cycle reconstruction with its input after a Gaussian low-pass, so "
+                        "the generators need not hide the input's noise in their output")
+    p.add_argument("--pool-size", type=int, default=0, metavar="N",
+                   help="unpaired: show the discriminators a history of N earlier synthesized images (CycleGAN uses 50)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and export an exponential moving average of the generator's weights (e.g. 0.999)")
     p.add_argument("--disc-base", type=int, default=16, help="PatchGAN base channels")
+    p.add_argument("--disc-layers", type=int, default=3,
+                   help="PatchGAN strided layers (3: 70-pixel receptive field; 4: 142; 5: 286)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint there after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
@@ -84,6 +96,8 @@ def register(subparsers) -> None:
                    help="phantom seeds for the card's held-out table (e.g. 1000-1002)")
     p.add_argument("--heldout-resolution", type=float, default=2.0, metavar="MM")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; only CPU runs are bit-reproducible")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -122,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
         context=context, patch=args.patch, batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps,
         lr=args.lr, lr_decay_start=args.lr_decay_start, lambda_l1=args.lambda_l1, lambda_adv=args.lambda_adv, lambda_gdl=args.lambda_gdl,
         lambda_cycle=args.lambda_cycle,
-        lambda_identity=args.lambda_identity,
-        disc_base=args.disc_base, seed=args.seed,
+        lambda_identity=args.lambda_identity, disc_blur=args.disc_blur, cycle_blur=args.cycle_blur,
+        pool_size=args.pool_size, ema=args.ema,
+        disc_base=args.disc_base, disc_layers=args.disc_layers, seed=args.seed, device=args.device,
     )
     trainer = Trainer(cfg)
     trainer.fit(args.checkpoint_dir, resume=args.resume, progress=not args.no_progress)
