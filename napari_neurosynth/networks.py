@@ -140,7 +140,10 @@ class ResNetGenerator(_Generator):
 
     Reflection-padded 7x7 stem, two stride-2 downsamplings, ``n_blocks``
     residual blocks at 1/4 resolution, two x2 upsamplings and a 7x7 linear
-    output convolution; instance normalisation throughout.
+    output convolution; instance normalisation throughout. ``n_downsampling``
+    0 or 1 keeps the trunk at full or half resolution: a much smaller receptive
+    field, i.e. a mapping of each voxel's neighbourhood that cannot invent
+    anatomy far from it.
 
     Parameters
     ----------
@@ -154,35 +157,49 @@ class ResNetGenerator(_Generator):
         Output channels (1 for every model of this package).
     final_activation
         ``"none"`` (default, linear), ``"softplus"`` or ``"relu"``.
+    n_downsampling
+        Stride-2 stages before the trunk (0, 1 or 2; CycleGAN's is 2); the trunk has
+        ``base * 2 ** n_downsampling`` channels and ``size_divisor`` is ``2 ** n_downsampling``.
 
     Examples
     --------
     >>> net = ResNetGenerator(in_channels=1, base=8, n_blocks=2)
     >>> net(torch.zeros(2, 1, 16, 16)).shape
     torch.Size([2, 1, 16, 16])
+    >>> local = ResNetGenerator(in_channels=1, base=8, n_blocks=2, n_downsampling=0)
+    >>> local.size_divisor, local(torch.zeros(1, 1, 15, 15)).shape
+    (1, torch.Size([1, 1, 15, 15]))
     """
 
     arch_name = "resnet"
     size_divisor = 4
 
     def __init__(self, in_channels: int = 1, base: int = 16, n_blocks: int = 4, out_channels: int = 1,
-                 final_activation: str = "none"):
+                 final_activation: str = "none", n_downsampling: int = 2):
         super().__init__()
-        self._record(in_channels=in_channels, base=base, n_blocks=n_blocks, out_channels=out_channels,
-                     final_activation=final_activation)
+        if n_downsampling not in (0, 1, 2):
+            raise NeurosynthError(f"resnet n_downsampling must be 0, 1 or 2, not {n_downsampling!r}")
+        record = dict(in_channels=in_channels, base=base, n_blocks=n_blocks, out_channels=out_channels,
+                      final_activation=final_activation)
+        if n_downsampling != 2:  # cards of the classic generator stay as they were
+            record["n_downsampling"] = n_downsampling
+        self._record(**record)
         self.in_channels = in_channels
+        self.size_divisor = 2 ** n_downsampling
+        trunk = base * 2 ** n_downsampling
         self.stem = _reflect_conv(in_channels, base, 7)
-        self.down1 = _conv(base, 2 * base, stride=2)
-        self.down2 = _conv(2 * base, 4 * base, stride=2)
-        self.trunk = nn.Sequential(*[ResidualBlock(4 * base) for _ in range(n_blocks)])
-        self.up1 = _Up(4 * base, 2 * base)
-        self.up2 = _Up(2 * base, base)
+        # names kept from the fixed two-stage layout so existing weights load unchanged
+        self.down1 = _conv(base, 2 * base, stride=2) if n_downsampling >= 1 else nn.Identity()
+        self.down2 = _conv(2 * base, 4 * base, stride=2) if n_downsampling == 2 else nn.Identity()
+        self.trunk = nn.Sequential(*[ResidualBlock(trunk) for _ in range(n_blocks)])
+        self.up1 = _Up(4 * base, 2 * base) if n_downsampling == 2 else nn.Identity()
+        self.up2 = _Up(2 * base, base) if n_downsampling >= 1 else nn.Identity()
         self.head = _reflect_conv(base, out_channels, 7, act=None, norm=None, conv_only=True)
         self.final = _final_activation(final_activation)
         self.default_cam_layer = "trunk"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Trunk features at 1/4 resolution, ``(B, 4*base, H/4, W/4)``."""
+        """Trunk features, ``(B, base * 2**n_downsampling, H / 2**n_downsampling, W / 2**n_downsampling)``."""
         return self.trunk(self.down2(self.down1(self.stem(x))))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
@@ -565,6 +582,10 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 GENERATORS = ("resnet", "unet", "fusion", "mcsr")
 
 
+#: Integer architecture arguments for which 0 is meaningful (a trunk at full resolution).
+_MAY_BE_ZERO = {"n_downsampling"}
+
+
 def build_network(name: str, **args: Any) -> nn.Module:
     """Build a network by architecture name from JSON-serialisable arguments.
 
@@ -605,8 +626,10 @@ def build_network(name: str, **args: Any) -> nn.Module:
     for key, value in args.items():
         default = params[key].default
         if isinstance(default, int) and not isinstance(default, bool):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise NeurosynthError(f"architecture {name!r}: {key} must be a positive integer, got {value!r}")
+            lowest = 0 if key in _MAY_BE_ZERO else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+                kind = "a non-negative" if lowest == 0 else "a positive"
+                raise NeurosynthError(f"architecture {name!r}: {key} must be {kind} integer, got {value!r}")
     return cls(**args)
 
 

@@ -298,3 +298,27 @@ def test_mcsr_runs_under_reduced_precision_autocast():
             low = net(x)
     assert low.shape == ref.shape and torch.isfinite(low).all()
     assert float((low.float() - ref).abs().max()) < 0.1 * float(ref.abs().max()) + 0.05
+
+
+@pytest.mark.parametrize("n_down", [0, 1])
+def test_resnet_with_a_shallower_trunk_keeps_the_contract(n_down, tmp_path):
+    """``n_downsampling`` < 2: odd sizes pass when the divisor allows, the card rebuilds it, bundles run."""
+    from napari_neurosynth.bundle import load_model, save_bundle
+    from napari_neurosynth.inference import reference_synthesize, synthesize
+    from napari_neurosynth.io import Volume
+    import numpy as np
+
+    net = build_network("resnet", in_channels=1, base=4, n_blocks=1, n_downsampling=n_down).eval()
+    assert net.size_divisor == 2 ** n_down
+    assert net(torch.rand(1, 1, 6 * net.size_divisor + (1 - n_down) * 1, 10)).shape[-1] == 10
+    classic = build_network("resnet", in_channels=1, base=4, n_blocks=1)
+    assert "n_downsampling" not in classic.architecture["args"]  # existing cards unchanged
+    folder = save_bundle(net, {"name": "shallow", "task": "cms", "inputs": ["t1"], "output": "t2"}, tmp_path / "b")
+    model = load_model(folder)
+    assert model.network.size_divisor == 2 ** n_down
+    rng = np.random.default_rng(0)
+    vol = Volume(rng.random((13, 11, 5)).astype(np.float32) + 0.1, np.diag([2.0, 2.0, 3.0, 1.0]))
+    engine = synthesize(model, vol, device="cpu", crop=False)
+    assert np.abs(np.asarray(engine) - np.asarray(reference_synthesize(model, vol))).max() < 1e-4
+    with pytest.raises(NeurosynthError, match="non-negative integer"):
+        build_network("resnet", n_downsampling=-1)
