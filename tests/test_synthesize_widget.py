@@ -101,7 +101,9 @@ def test_details_panel_and_devices(widget_viewer):
     _, widget = widget_viewer
     text = widget.details.toPlainText()
     assert "T1 → T2" in text
-    assert "phantom" in text.lower() and "21.5" in text and "identity" in text
+    # A hand-written card (plain psnr/ssim, one baseline, no verdict) still gets its table.
+    assert "phantom" in text.lower() and "21.5" in text and "0.810" in text and "identity" in text
+    assert "Beats" not in text
     assert "tiny_t1_to_t2" in widget.model_combo.itemData(widget.model_combo.currentIndex(), 3)  # tooltip role
     idx = widget.device_combo.findData("cuda")
     assert widget.device_combo.model().item(idx).isEnabled() == torch.cuda.is_available()
@@ -189,3 +191,94 @@ def test_cancel_leaves_no_layer(widget_viewer, qtbot):
     worker = widget.run()
     _wait(qtbot, widget, worker)
     assert len(viewer.layers) == n_layers + 1
+
+
+def _table_rows(browser) -> list[list[tuple[str, bool]]]:
+    """The first table of a QTextBrowser as (text, right-aligned) per cell, row by row."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QTextTable
+
+    table = next(f for f in browser.document().rootFrame().childFrames() if isinstance(f, QTextTable))
+    rows = []
+    for r in range(table.rows()):
+        cells = []
+        for c in range(table.columns()):
+            cursor = table.cellAt(r, c).firstCursorPosition()
+            right = bool(int(cursor.blockFormat().alignment()) & int(Qt.AlignRight))
+            cells.append((cursor.block().text(), right))
+        rows.append(cells)
+    return rows
+
+
+@pytest.fixture
+def shipped_widget(make_napari_viewer, qtbot):
+    """The widget docked at napari's default dock width (340 px), on the shipped model cards."""
+    from qtpy.QtCore import Qt
+
+    from napari_neurosynth.bundle import list_models
+    from napari_neurosynth.viewer.synthesize_widget import SynthesizeWidget
+
+    if "t1_to_t2" not in list_models():
+        pytest.skip("the shipped models/ folder is not on the search path")
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1400, 900)
+    widget = SynthesizeWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="Synthesize", area="right")
+    window.resizeDocks([dock], [340], Qt.Horizontal)
+    qtbot.waitExposed(widget)
+    qtbot.waitUntil(lambda: abs(dock.width() - 340) <= 2, timeout=5000)
+    return widget
+
+
+def test_shipped_card_metrics_readable_at_dock_width(shipped_widget, qtbot):
+    from qtpy.QtCore import QUrl
+    from qtpy.QtGui import QTextTable
+
+    from napari_neurosynth.viewer.synthesize_widget import _DETAILS_MAX, ALL_METRICS_LINK
+
+    widget = shipped_widget
+    widget.set_model("t1_to_t2")
+    card = widget.card
+    model, lut = card["metrics"]["held_out"], card["metrics"]["baselines"]["intensity_lut"]
+    text = widget.details.toPlainText()
+    # Brain PSNR to 0.1 dB as in the card, the LUT baseline beside it, the shipping verdict.
+    assert f"{model['psnr_brain']:.1f}" == "24.3"
+    rows = _table_rows(widget.details)
+    assert [cell for cell, _ in rows[0]] == ["", "PSNR↑", "SSIM↑", "MAE↓"]
+    assert [cell for cell, _ in rows[1]] == [
+        "model", f"{model['psnr_brain']:.1f}", f"{model['ssim_brain']:.3f}", f"{model['mae_brain']:.3f}"
+    ]
+    assert [cell for cell, _ in rows[3]] == [
+        "intensity LUT", f"{lut['psnr_brain']:.1f}", f"{lut['ssim_brain']:.3f}", f"{lut['mae_brain']:.3f}"
+    ]
+    assert rows[2][0][0] == "input (standardised)"
+    assert all(right for row in rows for _, right in row[1:])  # numbers right-aligned
+    assert not any(right for row in rows[1:] for _, right in row[:1])  # names left-aligned
+    assert card["metrics"]["beats_baselines"] is True
+    assert "Beats both baselines: yes" in text
+    assert "seeds 1000–1002 at 2 mm" in text
+    # Lesion and NMSE figures are not lost: in the tooltip, and behind "More metrics".
+    assert "Lesion mask" not in text and f"{model['nmse_brain']:.4f}" not in text
+    tip = widget.details.toolTip()
+    assert f"{model['psnr_lesion']:.1f}" in tip and f"{model['nmse_brain']:.4f}" in tip
+    widget.details.anchorClicked.emit(QUrl(ALL_METRICS_LINK))
+    expanded = widget.details.toPlainText()
+    assert "Lesion mask" in expanded and f"{lut['nmse_lesion']:.4f}" in expanded and "Fewer metrics" in expanded
+    widget.details.anchorClicked.emit(QUrl(ALL_METRICS_LINK))
+    assert "Lesion mask" not in widget.details.toPlainText()
+
+    # Every shipped card fits at the dock width without scroll bars, and the panel stays bounded.
+    for name in ("t1_to_t2", "t1_to_flair", "t1t2_to_flair", "t2_mcsr_x4"):
+        widget.set_model(name)
+        details = widget.details
+        qtbot.waitUntil(
+            lambda: details.document().size().height() <= details.viewport().height(), timeout=5000
+        )
+        assert details.verticalScrollBar().maximum() == 0, name
+        assert details.horizontalScrollBar().maximum() == 0, name
+        assert 150 < details.height() <= _DETAILS_MAX, (name, details.height())
+        # the metrics table is not clipped on the right (the panel has no horizontal scroll bar)
+        doc = details.document()
+        table = next(f for f in doc.rootFrame().childFrames() if isinstance(f, QTextTable))
+        assert doc.documentLayout().frameBoundingRect(table).right() <= details.viewport().width(), name

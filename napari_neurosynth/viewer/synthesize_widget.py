@@ -21,12 +21,14 @@ Examples
 from __future__ import annotations
 
 import html
+import math
 import time
 from typing import Any
 
 from napari.layers import Image
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QFormLayout,
@@ -34,6 +36,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -50,8 +53,11 @@ from ._qt_common import (
 )
 from .layers import layer_transform_kwargs
 
-__all__ = ["SynthesizeWidget", "card_details_html", "modality_label"]
+__all__ = ["CardBrowser", "SynthesizeWidget", "card_details_html", "metrics_full_html", "metrics_summary_html", "modality_label"]
 
+#: Most pixels the card panel grows to before it scrolls: collapsed, and with "More metrics"
+#: (then also at most 55 % of the screen's height, so the dock still fits on a laptop).
+_DETAILS_MAX, _DETAILS_MAX_EXPANDED = 420, 680
 _DEVICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "CUDA"), ("mps", "Apple MPS"))
 
 
@@ -76,57 +82,272 @@ def _scalar_items(d: Any) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def card_details_html(card: dict) -> str:
+#: Short, readable names for the predictors a card's held-out table compares.
+_PREDICTOR_NAMES = {"model": "model", "input_standardised": "input (standardised)", "intensity_lut": "intensity LUT"}
+_METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "mae": "MAE", "nmse": "NMSE"}
+_TASK_NAMES = {"cms": "contrast synthesis", "mcsr": "super-resolution (MCSR)"}
+_ARCH_NAMES = {"unet": "U-Net", "resnet": "ResNet", "fusion": "fusion net"}
+#: Table columns: (card keys tried in order, header, better-direction arrow, decimals).
+#: Cards from `neurosynth train` say psnr_brain; hand-written cards may say plain psnr.
+_BRAIN_COLS = (
+    (("psnr_brain", "psnr"), "PSNR", "&uarr;", 1),
+    (("ssim_brain", "ssim"), "SSIM", "&uarr;", 3),
+    (("mae_brain", "mae"), "MAE", "&darr;", 3),
+)
+_LESION_COLS = (
+    (("psnr_lesion",), "PSNR", "&uarr;", 1),
+    (("ssim_lesion",), "SSIM", "&uarr;", 3),
+    (("mae_lesion",), "MAE", "&darr;", 3),
+)
+_NMSE_COLS = ((("nmse_brain", "nmse"), "brain", "", 4), (("nmse_lesion",), "lesion", "", 4))
+_SMALL = "font-size:small; color:#8a9096"  # mid grey: readable on the dark and the light theme
+_LINK = "color:#5fa8e8"  # Qt's default link blue is unreadable on napari's dark theme
+_HEADING = "margin-top:8px; margin-bottom:2px"
+#: Link in the details panel that shows (or hides) the full held-out figures.
+ALL_METRICS_LINK = "neurosynth:all-metrics"
+
+
+def _predictor_name(key: str) -> str:
+    return _PREDICTOR_NAMES.get(key, str(key).replace("_", " "))
+
+
+def _metric_name(key: str) -> str:
+    return " ".join(_METRIC_NAMES.get(w, w) for w in str(key).split("_"))
+
+
+def _metric_rows(card: dict) -> dict[str, dict]:
+    """``{"model": {...}, <baseline>: {...}}``: the card's scalar held-out figures."""
+    metrics = card.get("metrics") or {}
+    rows = {}
+    if _scalar_items(metrics.get("held_out")):
+        rows["model"] = _scalar_items(metrics["held_out"])
+    for bname, bvals in (metrics.get("baselines") or {}).items():
+        if _scalar_items(bvals) and bname != "model":
+            rows[bname] = _scalar_items(bvals)
+    return rows
+
+
+def _value(row: dict, keys: tuple[str, ...]):
+    return next((row[k] for k in keys if k in row), None)
+
+
+def _present(rows: dict, cols) -> list:
+    """The columns at least one predictor has a value for."""
+    return [c for c in cols if any(_value(r, c[0]) is not None for r in rows.values())]
+
+
+def _predictor_table(rows: dict, cols) -> str:
+    """One row per predictor (the model in bold), numbers right-aligned, no wrapping.
+
+    Kept to a label and three or four short columns so it fits a ~300 px dock.
+    """
+    cell = "padding-left:6px; white-space:nowrap"
+    head = "".join(f"<th align='right' style='{cell}'>{label}{arrow}</th>" for _, label, arrow, _ in cols)
+    body = []
+    for key, r in rows.items():
+        texts = []
+        for keys, _, _, digits in cols:
+            v = _value(r, keys)
+            texts.append("&ndash;" if v is None else f"{v:.{digits}f}")
+        name = html.escape(_predictor_name(key))
+        if key == "model":
+            name, texts = f"<b>{name}</b>", [f"<b>{t}</b>" for t in texts]
+        body.append(
+            f"<tr><td>{name}</td>"
+            + "".join(f"<td align='right' style='{cell}'>{t}</td>" for t in texts) + "</tr>"
+        )
+    return f"<table cellspacing='0' cellpadding='0'><tr><th></th>{head}</tr>{''.join(body)}</table>"
+
+
+def _seeds_text(seeds) -> str:
+    seeds = [int(s) for s in seeds]
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}&ndash;{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
+
+
+def metrics_summary_html(card: dict, *, link: str | None = "show") -> str:
+    """The held-out figures a reader checks first, laid out for a ~300 px wide dock.
+
+    Brain-mask PSNR / SSIM / MAE (the figures the shipping rule uses) for the
+    model (bold) and each baseline, one row each, right-aligned (PSNR to 0.1 dB,
+    SSIM and MAE to 3 decimals); the verdict from ``metrics.beats_baselines``; the
+    held-out seeds and resolution in small text, and a link to the other figures
+    (:func:`metrics_full_html`). Empty when the card has no held-out metrics.
+
+    Parameters
+    ----------
+    card : dict
+        A bundle card (``metrics.held_out``, ``metrics.baselines``, ...).
+    link : {"show", "hide", None}
+        The link to :data:`ALL_METRICS_LINK` under the table: "More metrics",
+        "Fewer metrics", or none (for tooltips, where links do nothing).
+
+    Examples
+    --------
+    >>> card = {"metrics": {"held_out": {"psnr_brain": 24.2957, "mae_brain": 0.0329},
+    ...                     "baselines": {"intensity_lut": {"psnr_brain": 23.3997, "mae_brain": 0.0393}},
+    ...                     "beats_baselines": True}}
+    >>> text = metrics_summary_html(card)
+    >>> "24.3" in text and "23.4" in text and "intensity LUT" in text
+    True
+    """
+    rows = _metric_rows(card)
+    if not rows:
+        return ""
+    metrics = card.get("metrics") or {}
+    cols = _present(rows, _BRAIN_COLS)
+    brain = any(c[0][0] in r for r in rows.values() for c in cols)
+    parts = [f"<p style='{_HEADING}'><b>Held-out metrics</b>{' (brain mask)' if brain else ''}</p>"]
+    if cols:
+        parts.append(_predictor_table(rows, cols))
+    if "beats_baselines" in metrics:
+        n_base = len(rows) - ("model" in rows)
+        which = {1: "the baseline", 2: "both baselines"}.get(n_base, "all baselines")
+        colour, mark, word = (
+            ("#5cb85c", "&#10003;", "yes") if metrics["beats_baselines"] else ("#e8a33d", "&#10007;", "no")
+        )
+        parts.append(
+            f"<p style='margin-top:4px; margin-bottom:0px'><span style='color:{colour}'>{mark}</span> "
+            f"Beats {which}: <b style='color:{colour}'>{word}</b></p>"
+        )
+    small = ["Judged on brain PSNR and MAE."] if "beats_baselines" in metrics and brain else []
+    if metrics.get("seeds"):
+        where = f"Held-out phantom seeds {_seeds_text(metrics['seeds'])}"
+        if metrics.get("resolution_mm") is not None:
+            where += f" at {float(metrics['resolution_mm']):g} mm"
+        small.append(where + ", mean over subjects.")
+    if cols and cols[0][1] == "PSNR":
+        small.append("PSNR in dB.")
+    if link == "show":
+        small.append(f"<a href='{ALL_METRICS_LINK}' style='{_LINK}'>More metrics</a> (lesion, NMSE): "
+                     "click, or hover the panel.")
+    elif link == "hide":
+        small.append(f"<a href='{ALL_METRICS_LINK}' style='{_LINK}'>Fewer metrics</a>")
+    parts.append(f"<p style='margin-top:2px; margin-bottom:0px; {_SMALL}'>{' '.join(small)}</p>")
+    return "".join(parts)
+
+
+def metrics_full_html(card: dict) -> str:
+    """The held-out figures the summary leaves out, in the same narrow layout.
+
+    Lesion-mask PSNR / SSIM / MAE, NMSE in the brain and the lesions, any other
+    figure the card holds, then what each baseline is and the evaluation region.
+    Shown as the details panel's tooltip and behind its "More metrics" link.
+    Empty when the card has no held-out metrics.
+
+    Examples
+    --------
+    >>> card = {"metrics": {"held_out": {"psnr_lesion": 10.8954, "nmse_brain": 0.01}}}
+    >>> "10.9" in metrics_full_html(card) and "0.0100" in metrics_full_html(card)
+    True
+    """
+    rows = _metric_rows(card)
+    if not rows:
+        return ""
+    metrics = card.get("metrics") or {}
+    parts = []
+    for title, table_cols in (("Lesion mask (labels &gt; 0)", _LESION_COLS), ("NMSE&darr;", _NMSE_COLS)):
+        cols = _present(rows, table_cols)
+        if cols:
+            parts.append(f"<p style='{_HEADING}'><b>{title}</b></p>{_predictor_table(rows, cols)}")
+    shown = {k for c in _BRAIN_COLS + _LESION_COLS + _NMSE_COLS for k in c[0]}
+    other = sorted({k for r in rows.values() for k in r} - shown)
+    for i in range(0, len(other), 3):  # three columns a table, to stay narrow
+        cols = [((k,), html.escape(_metric_name(k)), "", 4) for k in other[i:i + 3]]
+        parts.append(f"<p style='{_HEADING}'><b>Other</b></p>{_predictor_table(rows, cols)}")
+    notes = [f"<i>{html.escape(_predictor_name(b))}</i>: {_fmt(t)}"
+             for b, t in (metrics.get("baseline_notes") or {}).items()]
+    if metrics.get("region"):
+        notes.append(f"<i>Region</i>: {_fmt(metrics['region'])}")
+    if notes:
+        parts.append(f"<p style='margin-top:4px; margin-bottom:0px; {_SMALL}'>{'<br>'.join(notes)}</p>")
+    return "".join(parts)
+
+
+def card_details_html(card: dict, *, full_metrics: bool = False, links: bool = True) -> str:
     """The model card as a short HTML summary for the details panel and tooltips.
 
-    Shows inputs -> output, task and architecture, training data (and the
-    phantom-only caveat when the card says so), and the held-out metrics next to
-    the baselines the card compares against.
+    Shows inputs -> output, task and architecture, the phantom-only caveat when the
+    card says so, the compact held-out table (:func:`metrics_summary_html`) and the
+    training data; with ``full_metrics`` also every held-out figure
+    (:func:`metrics_full_html`). ``links`` adds the show/hide link for the full
+    table (the details panel handles it; tooltips should pass ``False``).
+
+    Examples
+    --------
+    >>> card = {"name": "t1_to_t2", "inputs": ["t1"], "output": "t2", "task": "cms"}
+    >>> "T1 &rarr; T2" in card_details_html(card)
+    True
     """
     from napari_neurosynth.bundle import is_phantom_only  # the card's own rule for the caveat
 
     name = html.escape(str(card.get("name", "model")))
     inputs = " + ".join(modality_label(m) for m in card.get("inputs", []))
     output = modality_label(card.get("output", "?"))
+    task = card.get("task", "?")
     arch = (card.get("architecture") or {}).get("name", "?")
     slicing = card.get("slicing") or {}
-    parts = [
-        f"<b>{name}</b>: {html.escape(inputs)} &rarr; {html.escape(output)}",
-        f"<br>{_fmt(card.get('task', '?'))}, {_fmt(arch)}, {_fmt(slicing.get('plane', 'axial'))} slices"
-        f" (context {_fmt(slicing.get('context', 0))})",
+    about = [
+        _fmt(_TASK_NAMES.get(task, task)),
+        _fmt(_ARCH_NAMES.get(arch, arch)),
+        f"{_fmt(slicing.get('plane', 'axial'))} slices (context {_fmt(slicing.get('context', 0))})",
     ]
     n_params = (card.get("weights") or {}).get("n_parameters")
     if n_params:
-        parts.append(f", {_fmt(int(n_params))} parameters")
+        about.append(f"{_fmt(int(n_params))} parameters")
+    parts = [
+        f"<p style='margin:0px'><b>{name}</b>: {html.escape(inputs)} &rarr; {html.escape(output)}</p>",
+        f"<p style='margin:0px; {_SMALL}'>{', '.join(about)}</p>",
+    ]
     if card.get("description"):
-        parts.append(f"<br>{_fmt(card['description'])}")
-    training = card.get("training") or {}
-    if training.get("data"):
-        parts.append(f"<br><b>Training data:</b> {_fmt(training['data'])}")
+        parts.append(f"<p style='margin-top:4px; margin-bottom:0px'>{_fmt(card['description'])}</p>")
     if is_phantom_only(card):
         parts.append(
-            "<br><span style='color:#e8a33d'><b>Trained on the synthetic phantom only</b>: a demonstration, "
-            "not for clinical or research conclusions. Train on your own data with "
-            "<code>neurosynth train</code>.</span>"
+            "<p style='margin-top:4px; margin-bottom:0px; color:#e8a33d'><b>Trained on the synthetic phantom "
+            "only</b>: a demonstration, not for clinical or research conclusions. Train on your own data with "
+            "<code>neurosynth train</code>.</p>"
         )
-    metrics = card.get("metrics") or {}
-    rows = {}
-    if _scalar_items(metrics.get("held_out")):
-        rows["held-out"] = _scalar_items(metrics["held_out"])
-    for bname, bvals in (metrics.get("baselines") or {}).items():
-        if _scalar_items(bvals):
-            rows[f"baseline: {bname}"] = _scalar_items(bvals)
-    keys = [k for k in ("psnr", "ssim", "mae", "nmse") if any(k in r for r in rows.values())]
-    keys += sorted({k for r in rows.values() for k in r} - set(keys))[: max(0, 6 - len(keys))]
-    if rows and keys:
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join(
-            f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td align='right'>{_fmt(r.get(k, ''))}</td>" for k in keys)
-            + "</tr>"
-            for label, r in rows.items()
-        )
-        parts.append(f"<br><b>Metrics</b><table cellspacing='4'><tr><th></th>{head}</tr>{body}</table>")
+    parts.append(metrics_summary_html(card, link=("hide" if full_metrics else "show") if links else None))
+    if full_metrics:
+        parts.append(metrics_full_html(card))
+    training = card.get("training") or {}
+    if training.get("data"):
+        parts.append(f"<p style='margin-top:6px; margin-bottom:0px; {_SMALL}'>Training data: "
+                     f"{_fmt(training['data'])}</p>")
     return "".join(parts)
+
+
+class CardBrowser(QTextBrowser):
+    """A read-only rich-text panel as tall as its text, up to ``max_fit_height``.
+
+    A model card fits at the dock's width without a scroll bar (the height
+    follows the width as the text re-wraps); only a card taller than
+    ``max_fit_height`` pixels scrolls, so the panel never takes over the dock.
+    """
+
+    def __init__(self, max_fit_height: int = 400, min_height: int = 60, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.max_fit_height = max_fit_height
+        self.min_height = min_height
+        # Text wraps to the width and the tables are narrower than the widget's minimum width; a
+        # horizontal bar would only flicker in while the height settles.
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
+        self.document().documentLayout().documentSizeChanged.connect(self._fit)
+        self.setFixedHeight(min_height)
+
+    def _fit(self, *_args) -> None:
+        doc_height = math.ceil(self.document().size().height())
+        chrome = self.height() - self.viewport().height()  # frame and margins, whatever the style
+        want = doc_height + chrome
+        height = max(self.min_height, min(self.max_fit_height, want))
+        if height != self.height():
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._fit()
 
 
 class SynthesizeWidget(QWidget):
@@ -171,10 +392,11 @@ class SynthesizeWidget(QWidget):
         self.refresh_button.setToolTip("Look for model bundles again")
         self.refresh_button.setFixedWidth(32)
         self.refresh_button.clicked.connect(self.refresh_models)
-        self.details = QTextBrowser()
-        self.details.setOpenExternalLinks(False)
-        self.details.setMinimumHeight(110)
-        self.details.setMaximumHeight(190)
+        # As tall as the card at the dock's width (no scroll bar for the shipped cards), capped.
+        self.details = CardBrowser(max_fit_height=_DETAILS_MAX)
+        self.details.setOpenLinks(False)
+        self.details.anchorClicked.connect(self._on_details_link)
+        self._show_all_metrics = False
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.refresh_button)
@@ -255,7 +477,8 @@ class SynthesizeWidget(QWidget):
         self.model_combo.clear()
         for i, info in enumerate(infos):
             self.model_combo.addItem(info.name)
-            self.model_combo.setItemData(i, card_details_html(info.card), Qt.ToolTipRole)
+            tip = card_details_html(info.card, full_metrics=True, links=False)
+            self.model_combo.setItemData(i, tip, Qt.ToolTipRole)
         if current in self._infos:
             self.model_combo.setCurrentIndex(list(self._infos).index(current))
         self.model_combo.blockSignals(False)
@@ -285,9 +508,10 @@ class SynthesizeWidget(QWidget):
                 "<i>No model bundles found.</i> Put bundle folders in the user models folder or "
                 "<code>$NEUROSYNTH_MODELS_PATH</code>, or train one with <code>neurosynth train</code>."
             )
+            self.details.setToolTip("")
             self.run_button.setEnabled(False)
             return
-        self.details.setHtml(card_details_html(card))
+        self._show_card(card)
         inputs = list(card.get("inputs", []))
         for i, modality in enumerate(inputs):
             matcher = modality_matcher(modality)
@@ -314,6 +538,23 @@ class SynthesizeWidget(QWidget):
         self.target_combo.set_prefer(modality_matcher(output))
         self.target_label.setText(f"Acquired {modality_label(output)} (optional)")
         self.run_button.setEnabled(not self.job.running)
+
+    def _show_card(self, card: dict) -> None:
+        # Collapsed, the shipped cards fit in full; expanded (asked for) it may take more of the dock.
+        cap = _DETAILS_MAX
+        if self._show_all_metrics:
+            screen = self.screen() or QApplication.primaryScreen()
+            avail = screen.availableGeometry().height() if screen is not None else 0
+            cap = max(_DETAILS_MAX, min(_DETAILS_MAX_EXPANDED, int(0.55 * avail)))
+        self.details.max_fit_height = cap
+        self.details.setHtml(card_details_html(card, full_metrics=self._show_all_metrics))
+        # The full held-out table (lesion, NMSE, baseline notes) on hover, so nothing is lost.
+        self.details.setToolTip(metrics_full_html(card))
+
+    def _on_details_link(self, url) -> None:
+        if url.toString() == ALL_METRICS_LINK and self.card is not None:
+            self._show_all_metrics = not self._show_all_metrics
+            self._show_card(self.card)
 
     # ------------------------------------------------------------------ devices
     def _fill_devices(self) -> None:
