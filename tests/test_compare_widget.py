@@ -141,6 +141,7 @@ def test_difference_map_regions_and_jump(compare_viewer, qtbot, phantom3, fake_s
     expected = explain.difference_map(fake_synth[0], phantom3["t2"], phantom3["brain_mask"],
                                       lesion=phantom3["lesion_mask"])
     np.testing.assert_allclose(z_layer.data, expected, atol=1e-6)
+    assert w.smooth_spin.value() == 0 and z_layer.metadata["smooth_mm"] == 0
     regions = viewer.layers["disagreement regions"]
     assert regions.data.max() == len(w.region_table.rows) >= 1
     # the invented blob is found, as a brighter region
@@ -157,6 +158,18 @@ def test_difference_map_regions_and_jump(compare_viewer, qtbot, phantom3, fake_s
     assert viewer.dims.point[axis] == pytest.approx(world[axis], abs=3.0)  # within one 3 mm slice
     np.testing.assert_allclose(viewer.camera.center[-2:], np.asarray(world)[list(viewer.dims.displayed)], atol=1e-3)
     assert regions.selected_label == blob_label
+
+    # smoothing: the same z-map function with smooth_mm, recorded on the layers, the blob still found
+    w.smooth_spin.setValue(1.5)
+    _wait(qtbot, w, w.add_difference_map())
+    z_layer = viewer.layers["z-map: T2 (synthesized: fake) vs T2"]
+    smoothed = explain.difference_map(fake_synth[0], phantom3["t2"], phantom3["brain_mask"],
+                                      lesion=phantom3["lesion_mask"], smooth_mm=1.5)
+    np.testing.assert_allclose(z_layer.data, smoothed, atol=1e-6)
+    assert not np.allclose(smoothed, expected)
+    assert z_layer.metadata["smooth_mm"] == 1.5 and viewer.layers["disagreement regions"].metadata["smooth_mm"] == 1.5
+    assert viewer.layers["disagreement regions"].data[tuple(centre)] > 0
+    assert "smoothed, σ 1.5 mm" in w.status.text()
 
 
 def test_wrong_choices_notify(compare_viewer, qtbot, phantom3):
