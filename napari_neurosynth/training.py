@@ -26,6 +26,7 @@ hyper-parameters, RNG states, history) to ``checkpoint.json``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -101,6 +102,7 @@ class TrainConfig:
     cycle_blur: float = 0.0
     pool_size: int = 0
     ema: float = 0.0
+    keep_best: bool = False
     disc_base: int = 16
     disc_layers: int = 3
     seed: int = 0
@@ -381,14 +383,36 @@ class Trainer:
 
             self.G_ema = AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
             self.nets["G_ema"] = self.G_ema
+        if cfg.keep_best and not self.val_subjects:
+            raise NeurosynthError("--keep-best selects the epoch with the best validation PSNR and needs "
+                                  "validation data: pass --val-data")
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
+        #: With ``keep_best``: the generator's weights (CPU) at the best validation PSNR so far.
+        self.best: dict | None = None
 
     @property
     def generator(self) -> nn.Module:
         """The generator to validate and export: the weight average when ``ema`` is on."""
         return self.G_ema.module if self.G_ema is not None else self.G
+
+    def export_network(self) -> nn.Module:
+        """The generator a bundle gets: :attr:`generator`, or its best-validation weights with ``keep_best``."""
+        if not (self.cfg.keep_best and self.best):
+            return self.generator
+        net = copy.deepcopy(self.generator)
+        net.load_state_dict(self.best["state"])
+        return net
+
+    def _remember_if_best(self, row: dict) -> None:
+        # GAN training can get worse late (the adversarial term paints texture as the rate
+        # decays); selecting on validation subjects, never the held-out seeds, is model selection.
+        if not self.cfg.keep_best or "val_psnr" not in row:
+            return
+        if self.best is None or row["val_psnr"] > self.best["val_psnr"]:
+            state = {k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
+            self.best = {"val_psnr": row["val_psnr"], "epoch": row["epoch"], "state": state}
 
     # ---- steps
 
@@ -466,6 +490,9 @@ class Trainer:
         meta = {"step": self.step, "epoch": self.epoch, "history": self.history, "config": asdict(self.cfg),
                 "rng.numpy": self.rng.bit_generator.state}
         extra = {}
+        if self.best is not None:
+            meta["best"] = {"val_psnr": self.best["val_psnr"], "epoch": self.best["epoch"]}
+            extra.update({f"best.{k}": v for k, v in self.best["state"].items()})
         if self.cfg.mode == "unpaired":
             for key, pool in (("pool_a", self.pool_a), ("pool_b", self.pool_b)):
                 if pool.state() is not None:
@@ -487,6 +514,9 @@ class Trainer:
             self.pool_a.restore(meta["extra_tensors"].get("pool_a"), self.device)
             self.pool_b.restore(meta["extra_tensors"].get("pool_b"), self.device)
         self.step, self.epoch, self.history = meta["step"], meta["epoch"], meta["history"]
+        if meta.get("best"):
+            state = {k[len("best."):]: v for k, v in meta["extra_tensors"].items() if k.startswith("best.")}
+            self.best = {**meta["best"], "state": state}
         self.rng.bit_generator.state = meta["rng.numpy"]
 
     # ---- fit
@@ -531,6 +561,7 @@ class Trainer:
                 row.update({f"val_{k}": v for k, v in val.items()})
             row["seconds"] = round(time.perf_counter() - t0, 2)
             self.history.append(row)
+            self._remember_if_best(row)
             self.log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             if ckpt is not None:
                 self.epoch += 1  # saved state = "epochs completed"
@@ -568,7 +599,9 @@ class Trainer:
             "epochs": cfg.epochs, "steps_per_epoch": cfg.steps_per_epoch, "steps": self.step,
             "batch": cfg.batch, "patch": cfg.patch, "seed": cfg.seed,
             "weights": (f"exponential moving average of the generator's weights (decay {cfg.ema:g})"
-                        if cfg.ema else "the generator's weights after the last step"),
+                        if cfg.ema else "the generator's weights")
+                       + (f", from epoch {self.best['epoch']} of {len(self.history)} (best validation PSNR, "
+                          f"{self.best['val_psnr']:.2f} dB)" if cfg.keep_best and self.best else ", after the last step"),
             "data_spec": cfg.data, "resolution": list(cfg.resolution),
             "validation": cfg.val_data or ("phantom:900" if cfg.data.startswith("phantom:") else None),
             "device": str(self.device) + ("" if self.device.type == "cpu" else " (not bit-reproducible)"),
@@ -599,15 +632,16 @@ def export_bundle(trainer: Trainer, folder: str | Path, command: str | None = No
     from .bundle import load_model, save_bundle
 
     card = trainer.card(command)
+    network = trainer.export_network()
     folder = Path(folder)
-    save_bundle(trainer.generator, card, folder)
+    save_bundle(network, card, folder)
     if heldout:
         seeds = parse_seeds(heldout)
         (log or trainer.log)(f"held-out evaluation on phantom seeds {seeds} at {heldout_resolution:g} mm ...")
         lut = fit_lut(trainer.train_subjects, trainer.cfg.inputs, trainer.cfg.output)
         table = evaluate_bundle(load_model(folder), seeds, heldout_resolution, lut=lut)
         card["metrics"] = table
-        save_bundle(trainer.generator, card, folder)
+        save_bundle(network, card, folder)
     return folder
 
 

@@ -263,3 +263,37 @@ def test_training_on_cuda_exports_a_bundle_that_runs_on_cpu(subjects, tmp_path):
     with torch.no_grad():
         on_cpu = model.network.eval()(x)
     assert float((on_cpu - on_gpu).abs().max()) < 1e-3
+
+
+def test_keep_best_exports_the_best_validation_epoch_and_survives_resume(subjects, tmp_path):
+    mods = ["t1", "t2"]
+    grid = _grid(subjects, mods)
+
+    def cfg():
+        return TrainConfig(mode="paired", inputs=["t1"], output="t2", data="phantom:0-1", arch_args=TINY,
+                           context=1, patch=32, batch=2, epochs=4, steps_per_epoch=3, lr=2e-2, disc_base=4,
+                           seed=1, keep_best=True)  # a high rate: validation peaks before the end
+
+    straight = Trainer(cfg(), subjects=grid[:1], val_subjects=grid[1:])
+    history = straight.fit(tmp_path / "a", progress=False)
+    best_epoch = int(np.argmax([h["val_psnr"] for h in history])) + 1
+    assert straight.best["epoch"] == best_epoch
+    folder = export_bundle(straight, tmp_path / "bundle", command="neurosynth train ...")
+    card = json.loads((folder / "card.json").read_text())
+    assert f"from epoch {best_epoch} of 4" in card["training"]["recipe"]["weights"]
+    exported = load_model(folder).network.state_dict()
+    for k, v in straight.best["state"].items():
+        assert torch.equal(v, exported[k]), k
+    assert best_epoch < 4  # so the bundle must not be the last weights
+    assert any(not torch.equal(v, exported[k]) for k, v in straight.G.state_dict().items())
+
+    first = Trainer(cfg(), subjects=grid[:1], val_subjects=grid[1:])
+    first.fit(tmp_path / "b", progress=False, stop_after=2)
+    resumed = Trainer(cfg(), subjects=grid[:1], val_subjects=grid[1:])
+    resumed.fit(tmp_path / "b", resume=True, progress=False)
+    assert resumed.best["epoch"] == best_epoch
+    for k, v in straight.best["state"].items():
+        assert torch.equal(v, resumed.best["state"][k]), k
+
+    with pytest.raises(NeurosynthError, match="needs validation data"):
+        Trainer(cfg(), subjects=grid[:1], val_subjects=[])

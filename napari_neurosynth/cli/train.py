@@ -86,6 +86,8 @@ def register(subparsers) -> None:
                    help="unpaired: show the discriminators a history of N earlier synthesized images (CycleGAN uses 50)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate and export an exponential moving average of the generator's weights (e.g. 0.999)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="export the generator from the epoch with the best validation PSNR, not the last one")
     p.add_argument("--disc-base", type=int, default=16, help="PatchGAN base channels")
     p.add_argument("--disc-layers", type=int, default=3,
                    help="PatchGAN strided layers (3: 70-pixel receptive field; 4: 142; 5: 286)")
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, lr_decay_start=args.lr_decay_start, lambda_l1=args.lambda_l1, lambda_adv=args.lambda_adv, lambda_gdl=args.lambda_gdl,
         lambda_cycle=args.lambda_cycle,
         lambda_identity=args.lambda_identity, disc_blur=args.disc_blur, cycle_blur=args.cycle_blur,
-        pool_size=args.pool_size, ema=args.ema,
+        pool_size=args.pool_size, ema=args.ema, keep_best=args.keep_best,
         disc_base=args.disc_base, disc_layers=args.disc_layers, seed=args.seed, device=args.device,
     )
     trainer = Trainer(cfg)
