@@ -143,32 +143,37 @@ def _conditional_centre_spread(pred: np.ndarray, resid: np.ndarray, bins: int) -
     return np.asarray(centres)[order], np.asarray(meds)[order], np.asarray(sds)[order]
 
 
+def _normalized_convolution(x: np.ndarray, weights: np.ndarray, sigma_vox, mode: str, min_weight: float) -> np.ndarray:
+    """``G*(w x) / G*w``: Gaussian average of ``x`` over the voxels where ``weights`` is set.
+
+    Holes (unset voxels) are filled from their surroundings and, at the edge of the
+    set region, only set voxels count. Where ``G*w <= min_weight`` the result is 0.
+    """
+    num = ndi.gaussian_filter(np.where(weights, x, 0.0), sigma_vox, mode=mode)
+    den = ndi.gaussian_filter(weights.astype(float), sigma_vox, mode=mode)
+    return np.where(den > min_weight, num / np.maximum(den, min_weight), 0.0)
+
+
 def _smooth_log_ratio(s: np.ndarray, t: np.ndarray, weights: np.ndarray, sigma_vox) -> np.ndarray:
     """Smooth field ``b`` with ``t ~ s * exp(b)``: normalised Gaussian convolution of ``log(t/s)``.
 
-    Normalised convolution (``G*(w f) / G*w``) fills the holes left by excluded voxels
-    (lesions, disagreements, background) from their surroundings.
+    Normalised convolution fills the holes left by excluded voxels (lesions,
+    disagreements, background) from their surroundings.
     """
     floor = 0.05  # normalised units: below this the log-ratio is noise (background, dark CSF edges)
     ok = weights & (s > floor) & (t > floor)
     lr = np.zeros(s.shape)
     lr[ok] = np.log(t[ok] / s[ok])
-    num = ndi.gaussian_filter(lr, sigma_vox, mode="nearest")
-    den = ndi.gaussian_filter(ok.astype(float), sigma_vox, mode="nearest")
-    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
+    return _normalized_convolution(lr, ok, sigma_vox, mode="nearest", min_weight=1e-3)
 
 
 def _masked_smooth(x: np.ndarray, inside: np.ndarray, sigma_vox) -> np.ndarray:
     """Gaussian smoothing of ``x`` restricted to ``inside`` by normalised convolution.
 
-    ``G*(w x) / G*w`` with ``w`` the mask: voxels near the mask's edge are averages
-    of the voxels inside only, so the zeros outside do not pull them towards 0.
-    Outside the mask the result is 0.
+    Voxels near the mask's edge are averages of the voxels inside only, so the
+    zeros outside do not pull them towards 0. Outside the mask the result is 0.
     """
-    w = inside.astype(float)
-    num = ndi.gaussian_filter(np.where(inside, x, 0.0), sigma_vox, mode="constant")
-    den = ndi.gaussian_filter(w, sigma_vox, mode="constant")
-    return np.where(inside & (den > 1e-6), num / np.maximum(den, 1e-6), 0.0)
+    return np.where(inside, _normalized_convolution(x, inside, sigma_vox, mode="constant", min_weight=1e-6), 0.0)
 
 
 def _zscore(s, t, brain, normal, spread, bins, r=None):

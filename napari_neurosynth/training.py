@@ -495,8 +495,9 @@ class Trainer:
             extra.update({f"best.{k}": v for k, v in self.best["state"].items()})
         if self.cfg.mode == "unpaired":
             for key, pool in (("pool_a", self.pool_a), ("pool_b", self.pool_b)):
-                if pool.state() is not None:
-                    extra[key] = pool.state()
+                stacked = pool.state()
+                if stacked is not None:
+                    extra[key] = stacked
         save_checkpoint(Path(folder), self.nets, self.opts, meta, extra)
 
     def load_checkpoint(self, folder: str | Path) -> None:
