@@ -25,6 +25,7 @@ Run::
 
     python benchmarks/bench_inference.py                  # CPU, and CUDA if present
     python benchmarks/bench_inference.py --device cpu --repeats 3 --json cpu.json
+    python benchmarks/bench_inference.py --quick --device cpu   # 2 mm, one repeat: a before/after check
 """
 
 from __future__ import annotations
@@ -48,9 +49,15 @@ from napari_neurosynth.errors import NeurosynthError
 from napari_neurosynth.inference import reference_synthesize, synthesize, synthesize_volume
 from napari_neurosynth.io import Volume
 from napari_neurosynth.metrics import psnr
-from napari_neurosynth.preprocessing import intensity_scale
+from napari_neurosynth.slicing import input_scale
 
 BRATS_SHAPE = (240, 240, 155)
+
+
+def brats_shape(resolution: float = 1.0) -> tuple[int, int, int]:
+    """The BraTS field of view (240 x 240 x 155 mm) on a ``resolution`` mm grid."""
+    a, b, c = (round(n / resolution) for n in BRATS_SHAPE)
+    return a, b, c
 
 
 def pad_crop(vol: Volume, shape: tuple[int, int, int]) -> Volume:
@@ -74,7 +81,7 @@ def pad_crop(vol: Volume, shape: tuple[int, int, int]) -> Volume:
     return Volume(np.ascontiguousarray(data), affine, dict(vol.metadata))
 
 
-def brats_sized_subject(seed: int = 0, skull_stripped: bool = True) -> dict[str, Volume]:
+def brats_sized_subject(seed: int = 0, skull_stripped: bool = True, resolution: float = 1.0) -> dict[str, Volume]:
     """T1, T2 and brain mask of a 1 mm phantom on a 240 x 240 x 155 grid.
 
     BraTS distributes skull-stripped volumes, so by default the images are masked
@@ -83,8 +90,9 @@ def brats_sized_subject(seed: int = 0, skull_stripped: bool = True) -> dict[str,
     """
     from napari_neurosynth import make_phantom
 
-    ph = make_phantom(seed=seed, resolution=1.0)
-    out = {k: pad_crop(ph[k], BRATS_SHAPE) for k in ("t1", "t2", "brain_mask")}
+    ph = make_phantom(seed=seed, resolution=resolution)
+    shape = brats_shape(resolution)
+    out = {k: pad_crop(ph[k], shape) for k in ("t1", "t2", "brain_mask")}
     if skull_stripped:
         brain = out["brain_mask"].data > 0
         for k in ("t1", "t2"):
@@ -105,7 +113,7 @@ class PeakRSS:
             self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         gc.collect()
         self.base = self.proc.memory_info().rss
         self._stop = threading.Event()
@@ -125,9 +133,15 @@ def untrained_stand_in() -> Model:
 
     torch.manual_seed(0)
     net = build_network("unet", in_channels=3, base=16, depth=3).eval()
-    card = {"name": "t1_to_t2 (untrained stand-in)", "task": "cms", "inputs": ["t1"], "output": "t2",
-            "architecture": net.architecture, "slicing": {"plane": "axial", "context": 1},
-            "normalization": {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1}}
+    card = {
+        "name": "t1_to_t2 (untrained stand-in)",
+        "task": "cms",
+        "inputs": ["t1"],
+        "output": "t2",
+        "architecture": net.architecture,
+        "slicing": {"plane": "axial", "context": 1},
+        "normalization": {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1},
+    }
     return Model(card, net, None, card["name"])
 
 
@@ -170,7 +184,8 @@ def bench_device(model: Model, subject: dict[str, Volume], device: str, repeats:
     # and engine-full use one slice shape (a thin slab covers it); the cropped engine uses
     # a dozen box sizes, so it warms up on the whole volume. Timings and memory below are
     # then steady state; the one-time set-up is reported separately.
-    slab = Volume(np.ascontiguousarray(t1.data[:, :, 70:78]), t1.affine)
+    mid = t1.shape[2] // 2
+    slab = Volume(np.ascontiguousarray(t1.data[:, :, mid - 4 : mid + 4]), t1.affine)
     reference_synthesize(model, slab, device=device)
     synthesize(model, slab, device=device, crop=False)
     _, first_call_s, first_call_rss, _ = run_once(lambda: synthesize(model, t1, device=device), dev)
@@ -188,7 +203,7 @@ def bench_device(model: Model, subject: dict[str, Volume], device: str, repeats:
     info = synthesize_volume(model, t1, device=device).metadata["inference"]
     np_peak = {k: numpy_peak(methods[k]) for k in ("naive", "engine")} if dev.type == "cpu" else {}
     spec = model.card.get("normalization")
-    target = t2.data / intensity_scale(t2.data, spec)
+    target = t2.data / input_scale(t2.data, spec)
     naive = outputs["naive"]
     result = {
         "device": device,
@@ -241,15 +256,30 @@ def hardware() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="t1_to_t2", help="bundle name or folder (default: t1_to_t2)")
-    parser.add_argument("--device", action="append", choices=["cpu", "cuda"],
-                        help="device(s) to time (default: cpu, and cuda when available)")
+    parser.add_argument(
+        "--device",
+        action="append",
+        choices=["cpu", "cuda"],
+        help="device(s) to time (default: cpu, and cuda when available)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per method (default: 2 CPU, 5 GPU)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 2 mm phantom on the BraTS field of view (120 x 120 x 78) and 1 repeat: a minute on a laptop CPU",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--with-skull", action="store_true",
-                        help="keep scalp and skull (BraTS volumes are skull-stripped; default: stripped like them)")
-    parser.add_argument("--allow-untrained", action="store_true",
-                        help="if the bundle is missing, time its architecture with random weights")
+    parser.add_argument(
+        "--with-skull",
+        action="store_true",
+        help="keep scalp and skull (BraTS volumes are skull-stripped; default: stripped like them)",
+    )
+    parser.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="if the bundle is missing, time its architecture with random weights",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -262,41 +292,66 @@ def main(argv: list[str] | None = None) -> int:
         print("NOTE: bundle missing; timing the t1_to_t2 architecture with random weights", file=sys.stderr)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     head = "whole head" if args.with_skull else "skull-stripped like BraTS"
-    print(f"building the BraTS-sized phantom (1 mm, 240x240x155, {head})...", file=sys.stderr)
-    subject = brats_sized_subject(args.seed, skull_stripped=not args.with_skull)
+    resolution = 2.0 if args.quick else 1.0
+    shape = brats_shape(resolution)
+    print(
+        f"building the BraTS-sized phantom ({resolution:g} mm, {'x'.join(map(str, shape))}, {head})...", file=sys.stderr
+    )
+    subject = brats_sized_subject(args.seed, skull_stripped=not args.with_skull, resolution=resolution)
     vol_mb = subject["t1"].data.size * 4 / 2**20
     model_mb = sum(p.numel() * p.element_size() for p in model.network.parameters()) / 2**20
-    report = {"hardware": hardware(), "model": model.name, "shape": list(BRATS_SHAPE), "input": head,
-              "volume_float32_mb": vol_mb, "model_mb": model_mb, "results": []}
-    print(f"model {model.name} ({model_mb:.2f} MB of weights), volume {BRATS_SHAPE} = {vol_mb:.1f} MB float32, "
-          f"{head}")
+    report = {
+        "hardware": hardware(),
+        "model": model.name,
+        "shape": list(shape),
+        "resolution_mm": resolution,
+        "input": head,
+        "volume_float32_mb": vol_mb,
+        "model_mb": model_mb,
+        "results": [],
+    }
+    print(f"model {model.name} ({model_mb:.2f} MB of weights), volume {shape} = {vol_mb:.1f} MB float32, {head}")
     print(f"hardware: {json.dumps(report['hardware'])}")
     for device in devices:
-        repeats = args.repeats or (5 if device == "cuda" else 2)
+        repeats = args.repeats or (1 if args.quick else 5 if device == "cuda" else 2)
         r = bench_device(model, subject, device, repeats)
         report["results"].append(r)
-        print(f"\n== {device} ({r['precision']}, batch {r['batch_size']}, {r['slices_computed']} of "
-              f"{BRATS_SHAPE[2]} slices computed, {r['crop_box_sizes']} crop sizes within {r['crop_box']}) ==")
-        print(f"{'method':<12} {'s/volume':>9} {'slices/s':>9} {'speed-up':>9} {'host RSS MB':>12} "
-              f"{'numpy MB':>9} {'GPU MB':>8}")
+        print(
+            f"\n== {device} ({r['precision']}, batch {r['batch_size']}, {r['slices_computed']} of "
+            f"{shape[2]} slices computed, {r['crop_box_sizes']} crop sizes within {r['crop_box']}) =="
+        )
+        print(
+            f"{'method':<12} {'s/volume':>9} {'slices/s':>9} {'speed-up':>9} {'host RSS MB':>12} "
+            f"{'numpy MB':>9} {'GPU MB':>8}"
+        )
         for name, m in r["methods"].items():
             npk = "-" if m["peak_numpy_mb"] is None else f"{m['peak_numpy_mb']:.0f}"
             gpk = "-" if m["peak_gpu_mb"] is None else f"{m['peak_gpu_mb']:.0f}"
-            print(f"{name:<12} {m['seconds_per_volume']:>9.3f} {m['slices_per_second']:>9.1f} "
-                  f"{m['speedup_vs_naive']:>8.2f}x {m['peak_host_rss_mb']:>12.0f} {npk:>9} {gpk:>8}")
+            print(
+                f"{name:<12} {m['seconds_per_volume']:>9.3f} {m['slices_per_second']:>9.1f} "
+                f"{m['speedup_vs_naive']:>8.2f}x {m['peak_host_rss_mb']:>12.0f} {npk:>9} {gpk:>8}"
+            )
         eng = r["methods"]["engine"]
-        print(f"engine's first call in this process (kernel set-up included): "
-              f"{r['engine_first_call']['seconds']:.3f} s, host RSS {r['engine_first_call']['peak_host_rss_mb']:.0f} MB")
+        print(
+            f"engine's first call in this process (kernel set-up included): "
+            f"{r['engine_first_call']['seconds']:.3f} s, host RSS {r['engine_first_call']['peak_host_rss_mb']:.0f} MB"
+        )
         budget = 3 * vol_mb + model_mb
-        print(f"engine-full vs naive: max |diff| {r['max_abs_diff_engine_full_vs_naive']:.2e}; "
-              f"engine (cropped) vs naive in brain: max {r['max_abs_diff_engine_vs_naive_in_brain']:.3f}, "
-              f"mean {r['mean_abs_diff_engine_vs_naive_in_brain']:.4f}")
-        print("PSNR in brain vs acquired T2: " + ", ".join(
-            f"{k} {v:.2f} dB" for k, v in r["psnr_brain_vs_acquired_t2"].items()))
+        print(
+            f"engine-full vs naive: max |diff| {r['max_abs_diff_engine_full_vs_naive']:.2e}; "
+            f"engine (cropped) vs naive in brain: max {r['max_abs_diff_engine_vs_naive_in_brain']:.3f}, "
+            f"mean {r['mean_abs_diff_engine_vs_naive_in_brain']:.4f}"
+        )
+        print(
+            "PSNR in brain vs acquired T2: "
+            + ", ".join(f"{k} {v:.2f} dB" for k, v in r["psnr_brain_vs_acquired_t2"].items())
+        )
         if device == "cpu":
             ok = eng["peak_host_rss_mb"] <= budget
-            print(f"engine peak host memory {eng['peak_host_rss_mb']:.0f} MB vs budget 3 x volume + model = "
-                  f"{budget:.0f} MB: {'within' if ok else 'OVER'}")
+            print(
+                f"engine peak host memory {eng['peak_host_rss_mb']:.0f} MB vs budget 3 x volume + model = "
+                f"{budget:.0f} MB: {'within' if ok else 'OVER'}"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)

@@ -4,7 +4,7 @@ Run from the repository root (a display is needed; without one use Xvfb):
 
     xvfb-run -a .venv/bin/python docs/make_images.py
 
-It runs the same tour as ``make demo`` (:func:`napari_neurosynth.demo.run_demo`),
+It runs the same tour as ``make demo`` (:func:`napari_neurosynth.viewer.demo.run_demo`),
 so the guide shows exactly what the widgets do.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from napari_neurosynth.demo import SCREENSHOTS, run_demo
+from napari_neurosynth.viewer.demo import SCREENSHOTS, run_demo
 
 
 def main() -> int:

@@ -20,14 +20,26 @@ beside the model's in the card's held-out table.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, TypedDict
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy.interpolate import RegularGridInterpolator
 from scipy.ndimage import distance_transform_edt
 
 from .errors import NeurosynthError
 from .preprocessing import intensity_scale
+
+__all__ = ["IntensityLUT", "LUTSummary", "baseline_input_index", "input_standardised"]
+
+
+class LUTSummary(TypedDict):
+    """:meth:`IntensityLUT.to_dict`: the table's shape and binning range per input, JSON-ready."""
+
+    bins: int
+    inputs: int
+    upper: list[float]
 
 
 def baseline_input_index(inputs: Sequence[str], output: str) -> int:
@@ -46,7 +58,7 @@ def baseline_input_index(inputs: Sequence[str], output: str) -> int:
     return 0
 
 
-def input_standardised(source: np.ndarray, normalization: dict | None = None) -> np.ndarray:
+def input_standardised(source: ArrayLike, normalization: dict[str, Any] | None = None) -> NDArray[np.float32]:
     """The source volume divided by its :func:`intensity_scale` (the model's input units).
 
     Parameters
@@ -59,8 +71,9 @@ def input_standardised(source: np.ndarray, normalization: dict | None = None) ->
     Examples
     --------
     >>> x = np.zeros((8, 8, 8), np.float32); x[2:6, 2:6, 2:6] = 300
-    >>> float(input_standardised(x).max())
-    1.0
+    >>> y = input_standardised(x)
+    >>> float(y.max()), y.dtype
+    (1.0, dtype('float32'))
     """
     data = np.asarray(source, np.float32)
     return (data / intensity_scale(data, normalization)).astype(np.float32)
@@ -73,9 +86,11 @@ class IntensityLUT:
     ----------
     bins : int, optional
         Bins per input; default 64 for one input, 32 per input for several.
-    upper : float
+    upper : float, optional
         Upper edge of the binned normalised intensity range (values above are
-        clipped into the last bin); normalised images are ~1.0 at their bright end.
+        clipped into the last bin). By default, per input, the 99.9th percentile of
+        the fitted voxels: under the central-median normalisation brain tissue sits
+        near 1 but CSF on T2 reaches 3-4, so no one fixed range suits every contrast.
 
     Examples
     --------
@@ -84,15 +99,34 @@ class IntensityLUT:
     >>> lut = IntensityLUT().fit([([src], 1.0 - src)])
     >>> round(float(np.abs(lut.predict([src]) - (1.0 - src)).mean()), 2)
     0.0
+    >>> lut.to_dict()   # upper: the 99.9th percentile of the fitted input
+    {'bins': 64, 'inputs': 1, 'upper': [0.9972]}
+
+    Two inputs give a joint table (32 bins each), here fitted inside a mask on a fixed range:
+
+    >>> other = rng.random((10, 10, 10)).astype(np.float32)
+    >>> mask = src > 0.2
+    >>> joint = IntensityLUT(upper=1.0).fit([([src, other], src * other)], mask_list=[mask])
+    >>> joint.table.shape, joint.predict([src, other]).shape, joint.to_dict()["upper"]
+    ((32, 32), (10, 10, 10), [1.0, 1.0])
+    >>> joint.predict([src])
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: this IntensityLUT takes 2 input(s), got 1
     """
 
-    def __init__(self, bins: int | None = None, upper: float = 1.5):
+    def __init__(self, bins: int | None = None, upper: float | None = None) -> None:
         self.bins = bins
-        self.upper = float(upper)
-        self.table: np.ndarray | None = None
-        self.centres: list[np.ndarray] = []
+        self.upper = None if upper is None else float(upper)
+        self.uppers: list[float] = []
+        self.table: NDArray[np.float64] | None = None
+        self.centres: list[NDArray[np.floating[Any]]] = []
 
-    def fit(self, pairs: Iterable[tuple[Sequence[np.ndarray], np.ndarray]], mask_list=None) -> "IntensityLUT":
+    def fit(
+        self,
+        pairs: Iterable[tuple[Sequence[ArrayLike], ArrayLike]],
+        mask_list: Iterable[ArrayLike | None] | None = None,
+    ) -> IntensityLUT:
         """Learn the table from ``(inputs, target)`` pairs in normalised units.
 
         Parameters
@@ -111,11 +145,22 @@ class IntensityLUT:
         shape = (bins,) * n_in
         total = np.zeros(shape, np.float64)
         count = np.zeros(shape, np.float64)
-        for (inputs, target), m in zip(pairs, masks):
-            if len(inputs) != n_in:
-                raise NeurosynthError("every IntensityLUT training pair needs the same number of inputs")
-            sel = np.ones(np.shape(target), bool) if m is None else np.asarray(m, bool)
-            idx = tuple(self._bin(np.asarray(x)[sel], bins) for x in inputs)
+        sels = [
+            np.ones(np.shape(target), bool) if m is None else np.asarray(m, bool)
+            for (_, target), m in zip(pairs, masks)
+        ]
+        if any(len(inputs) != n_in for inputs, _ in pairs):
+            raise NeurosynthError("every IntensityLUT training pair needs the same number of inputs")
+        if self.upper is not None:
+            self.uppers = [self.upper] * n_in
+        else:
+            self.uppers = []
+            for j in range(n_in):
+                vals = np.concatenate([np.asarray(inputs[j])[sel].ravel() for (inputs, _), sel in zip(pairs, sels)])
+                hi = float(np.percentile(vals, 99.9)) if vals.size else 1.0
+                self.uppers.append(hi if np.isfinite(hi) and hi > 0 else 1.0)
+        for (inputs, target), sel in zip(pairs, sels):
+            idx = tuple(self._bin(np.asarray(x)[sel], bins, up) for x, up in zip(inputs, self.uppers))
             np.add.at(total, idx, np.asarray(target, np.float64)[sel])
             np.add.at(count, idx, 1.0)
         if not count.any():
@@ -125,14 +170,14 @@ class IntensityLUT:
         # empty bins copy the nearest filled bin so prediction is defined everywhere
         _, nearest = distance_transform_edt(~filled, return_indices=True)
         self.table = table[tuple(nearest)]
-        width = self.upper / bins
-        self.centres = [np.arange(bins) * width + width / 2 for _ in range(n_in)]
+        self.centres = [np.arange(bins) * (up / bins) + up / bins / 2 for up in self.uppers]
         return self
 
-    def _bin(self, x: np.ndarray, bins: int) -> np.ndarray:
-        return np.clip((x / self.upper * bins).astype(np.int64), 0, bins - 1)
+    @staticmethod
+    def _bin(x: NDArray[Any], bins: int, upper: float) -> NDArray[np.int64]:
+        return np.clip((x / upper * bins).astype(np.int64), 0, bins - 1)
 
-    def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    def predict(self, inputs: Sequence[ArrayLike]) -> NDArray[np.float32]:
         """Map normalised input volume(s) through the table (linear between bin centres)."""
         if self.table is None:
             raise NeurosynthError("IntensityLUT.predict called before fit")
@@ -145,6 +190,12 @@ class IntensityLUT:
         interp = RegularGridInterpolator(tuple(self.centres), self.table, method="linear")
         return interp(pts).reshape(shape).astype(np.float32)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> LUTSummary:
         """JSON-serialisable form (for a card or a report)."""
-        return {"bins": int(self.table.shape[0]), "inputs": int(self.table.ndim), "upper": self.upper}
+        if self.table is None:
+            raise NeurosynthError("IntensityLUT.to_dict called before fit")
+        return {
+            "bins": int(self.table.shape[0]),
+            "inputs": int(self.table.ndim),
+            "upper": [round(u, 4) for u in self.uppers],
+        }

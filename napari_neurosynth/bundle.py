@@ -34,10 +34,11 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from .errors import NeurosynthError
 
@@ -50,7 +51,9 @@ GENERATORS = ("resnet", "unet", "fusion", "mcsr")
 
 __all__ = [
     "BundleInfo",
+    "BundleSummary",
     "CARD_FILES",
+    "Card",
     "Model",
     "PICKLE_SUFFIXES",
     "REQUIRED_FIELDS",
@@ -63,6 +66,7 @@ __all__ = [
     "save_bundle",
     "validate_card",
     "verify_bundle",
+    "VerifyResult",
 ]
 
 #: Card file names tried in a bundle folder, in order.
@@ -87,8 +91,74 @@ _CONVERT_HINT = (
 # --------------------------------------------------------------------------- cards
 
 
-def read_card(path: str | os.PathLike) -> dict:
-    """Read a card (JSON, or YAML with ``yaml.safe_load``) from a file or bundle folder."""
+class Card(TypedDict, total=False):
+    """A bundle card (``card.json``); the fields are described in ``docs/bundle-format.md``.
+
+    ``total=False``: a card being assembled (before :func:`save_bundle`) lacks
+    fields; :func:`validate_card` checks that a loadable card has every one of
+    :data:`REQUIRED_FIELDS`. A card read from disk is a plain ``dict`` at run
+    time and keeps any further keys it has. Nested entries are mappings:
+    ``architecture`` ``{"name", "args"}``, ``slicing`` ``{"plane", "context", ...}``,
+    ``normalization`` ``{"method", ...}``, ``weights`` ``{"file", "sha256",
+    "n_parameters"}``, ``training`` (data, command, recipe) and ``metrics``
+    (``held_out``, ``baselines``, ...).
+    """
+
+    name: str
+    task: str
+    inputs: list[str]
+    output: str
+    architecture: dict[str, Any]
+    normalization: dict[str, Any]
+    slicing: dict[str, Any]
+    weights: dict[str, Any]
+    version: str
+    description: str
+    license: str
+    trained_on: str
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    limitations: list[str] | str
+
+
+class BundleSummary(TypedDict):
+    """One row of ``neurosynth models list --json`` (:meth:`BundleInfo.summary`)."""
+
+    name: str
+    task: str | None
+    inputs: list[str] | None
+    output: str | None
+    architecture: str | None
+    n_parameters: int | None
+    source: str
+    path: str
+
+
+class VerifyResult(TypedDict):
+    """What :func:`verify_bundle` returns for a sound bundle."""
+
+    name: str
+    path: str
+    sha256: str
+    n_parameters: int
+    ok: bool
+
+
+def read_card(path: str | os.PathLike[str]) -> Card:
+    """Read a card (JSON, or YAML with ``yaml.safe_load``) from a file or bundle folder.
+
+    Examples
+    --------
+    >>> import json, pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "card.json").write_text(json.dumps({"name": "demo", "inputs": ["t1"]}))
+    >>> read_card(folder)
+    {'name': 'demo', 'inputs': ['t1']}
+    >>> read_card(folder / "nowhere")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: cannot read model card .../nowhere: No such file or directory
+    """
     path = Path(path)
     if path.is_dir():
         for name in CARD_FILES:
@@ -112,15 +182,21 @@ def read_card(path: str | os.PathLike) -> dict:
         raise NeurosynthError(f"model card {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
     if not isinstance(card, dict):
         raise NeurosynthError(f"model card {path} must hold a mapping (a JSON object), not {type(card).__name__}")
-    return card
+    return cast(Card, card)
 
 
-def expected_in_channels(card: dict) -> int:
-    """Input channels implied by a card: ``len(inputs) * (2 * context + 1)``."""
+def expected_in_channels(card: Mapping[str, Any]) -> int:
+    """Input channels implied by a card: ``len(inputs) * (2 * context + 1)``.
+
+    Examples
+    --------
+    >>> expected_in_channels({"inputs": ["t1", "t2"], "slicing": {"plane": "axial", "context": 1}})
+    6
+    """
     return len(card["inputs"]) * (2 * int(card["slicing"].get("context", 0)) + 1)
 
 
-def validate_card(card: dict, *, require_weights: bool = True, where: str = "model card") -> None:
+def validate_card(card: Mapping[str, Any], *, require_weights: bool = True, where: str = "model card") -> None:
     """Check a card's fields and their types; raise NeurosynthError naming every problem found.
 
     Parameters
@@ -131,6 +207,19 @@ def validate_card(card: dict, *, require_weights: bool = True, where: str = "mod
         Whether the ``weights`` entry must be present (not yet when saving).
     where
         How to name the card in messages (usually its path).
+
+    Examples
+    --------
+    >>> validate_card({"name": "x", "task": "cms", "inputs": ["t1"], "output": "t2"}, require_weights=False)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: model card is missing required field(s): architecture, normalization, ...
+    >>> card = {"name": "x", "task": "cms", "inputs": [], "output": "t2", "normalization": {},
+    ...         "architecture": {"name": "unet"}, "slicing": {"plane": "oblique", "context": 0}}
+    >>> validate_card(card, require_weights=False, where="card.json")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: card.json is invalid: 'inputs' must be ...; 'slicing.plane' must be ...
     """
     required = [f for f in REQUIRED_FIELDS if require_weights or f != "weights"]
     missing = [f for f in required if f not in card]
@@ -144,13 +233,13 @@ def validate_card(card: dict, *, require_weights: bool = True, where: str = "mod
         problems.append("'output' must be a modality name")
     arch = card["architecture"]
     if not (isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("args", {}), dict)):
-        problems.append("'architecture' must be {\"name\": ..., \"args\": {...}}")
+        problems.append('\'architecture\' must be {"name": ..., "args": {...}}')
     elif arch["name"] not in GENERATORS:
         known = ", ".join(GENERATORS)
         raise NeurosynthError(f"{where}: unknown architecture {arch['name']!r}; known generator architectures: {known}")
     slicing = card["slicing"]
     if not isinstance(slicing, dict):
-        problems.append("'slicing' must be {\"plane\": ..., \"context\": ...}")
+        problems.append('\'slicing\' must be {"plane": ..., "context": ...}')
     else:
         if slicing.get("plane", "axial") not in PLANES:
             problems.append(f"'slicing.plane' must be one of {', '.join(PLANES)}")
@@ -158,11 +247,11 @@ def validate_card(card: dict, *, require_weights: bool = True, where: str = "mod
         if not (isinstance(ctx, int) and not isinstance(ctx, bool) and ctx >= 0):
             problems.append("'slicing.context' must be an integer >= 0")
     if not isinstance(card["normalization"], dict):
-        problems.append("'normalization' must be a mapping (e.g. {\"method\": \"percentile\", \"percentile\": 99.5})")
+        problems.append('\'normalization\' must be a mapping (e.g. {"method": "percentile", "percentile": 99.5})')
     if require_weights:
         w = card["weights"]
         if not (isinstance(w, dict) and isinstance(w.get("file"), str) and isinstance(w.get("sha256"), str)):
-            problems.append("'weights' must be {\"file\": \"weights.safetensors\", \"sha256\": ...}")
+            problems.append('\'weights\' must be {"file": "weights.safetensors", "sha256": ...}')
     if problems:
         raise NeurosynthError(f"{where} is invalid: " + "; ".join(problems))
 
@@ -186,7 +275,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_bundle(network: nn.Module, card: dict, folder: str | os.PathLike) -> Path:
+def save_bundle(network: nn.Module, card: Mapping[str, Any], folder: str | os.PathLike[str]) -> Path:
     """Write ``network`` and ``card`` as a bundle folder; return the folder.
 
     Writes ``weights.safetensors`` (the state dict), ``card.json`` with
@@ -204,16 +293,31 @@ def save_bundle(network: nn.Module, card: dict, folder: str | os.PathLike) -> Pa
 
     Examples
     --------
-    See the module docstring.
+    >>> import tempfile
+    >>> from napari_neurosynth.networks import build_network
+    >>> net = build_network("unet", in_channels=3, base=4, depth=1)
+    >>> card = {"name": "tiny", "task": "cms", "inputs": ["t1"], "output": "t2", "slicing": {"context": 1}}
+    >>> folder = save_bundle(net, card, tempfile.mkdtemp() + "/tiny")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['README.md', 'card.json', 'weights.safetensors']
+    >>> saved = read_card(folder)
+    >>> saved["architecture"]["name"], saved["weights"]["n_parameters"], card.get("weights")
+    ('unet', 2773, None)
+    >>> save_bundle(net, {**card, "inputs": ["t1", "t2"]}, tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: card: the network takes 3 input channels but the card implies 6 ...
     """
     from safetensors.torch import save
 
-    card = copy.deepcopy(card)
+    card = cast(Card, copy.deepcopy(dict(card)))
     arch = getattr(network, "architecture", None)
     if "architecture" not in card:
         if arch is None:
-            raise NeurosynthError("card has no 'architecture' and the network has no architecture record; "
-                                  "build it with napari_neurosynth.networks.build_network")
+            raise NeurosynthError(
+                "card has no 'architecture' and the network has no architecture record; "
+                "build it with napari_neurosynth.networks.build_network"
+            )
         card["architecture"] = copy.deepcopy(arch)
     elif arch is not None and card["architecture"].get("name") != arch["name"]:
         raise NeurosynthError(
@@ -246,11 +350,18 @@ def save_bundle(network: nn.Module, card: dict, folder: str | os.PathLike) -> Pa
     return folder
 
 
-def is_phantom_only(card: dict) -> bool:
+def is_phantom_only(card: Mapping[str, Any]) -> bool:
     """Whether a card says its model was trained on the synthetic phantom only.
 
     True if ``training.phantom_only`` is set, ``trained_on`` is ``"phantom"``, or
     ``training.data`` mentions the phantom (and ``training.real_data`` is not set).
+
+    Examples
+    --------
+    >>> is_phantom_only({"trained_on": "phantom"}), is_phantom_only({"training": {"data": "phantom:0-7"}})
+    (True, True)
+    >>> is_phantom_only({"training": {"data": "BraTS 2021, 1,251 subjects"}}), is_phantom_only({})
+    (False, False)
     """
     training = card.get("training") or {}
     if training.get("phantom_only") or card.get("trained_on") == "phantom":
@@ -259,9 +370,7 @@ def is_phantom_only(card: dict) -> bool:
     return isinstance(data, str) and "phantom" in data.lower() and not training.get("real_data")
 
 
-
-
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (dict, list)):
@@ -269,8 +378,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def render_readme(card: dict) -> str:
-    """A short model card for humans (Markdown) from a bundle card."""
+def render_readme(card: Mapping[str, Any]) -> str:
+    """A short model card for humans (Markdown) from a bundle card.
+
+    Examples
+    --------
+    >>> text = render_readme({"name": "t1_to_t2", "task": "cms", "inputs": ["t1"], "output": "t2",
+    ...                       "slicing": {"plane": "axial", "context": 1}, "trained_on": "phantom"})
+    >>> print(text.splitlines()[0])
+    # t1_to_t2
+    >>> "Trained on the synthetic napari-neurosynth brain phantom only" in text
+    True
+    >>> [line for line in text.splitlines() if line.startswith("| Slicing")]
+    ['| Slicing | axial slices, 1 context slice(s) each side (2.5-D) |']
+    """
     name = card.get("name", "model")
     arch = card.get("architecture", {})
     slicing = card.get("slicing", {})
@@ -286,7 +407,8 @@ def render_readme(card: dict) -> str:
         ]
     ctx = slicing.get("context", 0)
     lines += [
-        "| | |", "|---|---|",
+        "| | |",
+        "|---|---|",
         f"| Task | {card.get('task', '?')} |",
         f"| Inputs (in order) | {', '.join(card.get('inputs', []))} |",
         f"| Output | {card.get('output', '?')} |",
@@ -361,11 +483,19 @@ class BundleInfo:
 
     name: str
     path: Path
-    card: dict = field(repr=False)
+    card: Card = field(repr=False)
     source: str  # "path", "env", "user" or "shipped"
 
-    def summary(self) -> dict:
-        """One JSON-ready row: name, task, inputs, output, architecture, parameters, where found."""
+    def summary(self) -> BundleSummary:
+        """One JSON-ready row: name, task, inputs, output, architecture, parameters, where found.
+
+        Examples
+        --------
+        >>> info = BundleInfo("demo", Path("models/demo"), {"task": "cms", "inputs": ["t1"], "output": "t2"}, "path")
+        >>> row = info.summary()
+        >>> row["inputs"], row["architecture"], row["n_parameters"], row["source"]
+        (['t1'], None, None, 'path')
+        """
         c = self.card
         return {
             "name": self.name,
@@ -398,7 +528,13 @@ def shipped_models_dir() -> Path | None:
 
 
 def models_search_path() -> list[tuple[str, Path]]:
-    """The folders searched for bundles by name, in order, each tagged with its source."""
+    """The folders searched for bundles by name, in order, each tagged with its source.
+
+    Examples
+    --------
+    >>> [source for source, _ in models_search_path()][-2:]   # after any $NEUROSYNTH_MODELS_PATH entries
+    ['user', 'shipped']
+    """
     out: list[tuple[str, Path]] = []
     for entry in os.environ.get("NEUROSYNTH_MODELS_PATH", "").split(os.pathsep):
         if entry.strip():
@@ -449,8 +585,9 @@ def list_models() -> list[str]:
 
     Examples
     --------
-    >>> isinstance(list_models(), list)
-    True
+    >>> names = list_models()
+    >>> "t1_to_t2" in names, names == sorted(set(names))   # a shipped bundle; sorted and unique
+    (True, True)
     """
     return [info.name for info in find_models()]
 
@@ -467,8 +604,10 @@ def _find_by_name(name: str) -> BundleInfo:
         if info.name == name:
             return info
     available = list_models()
-    hint = f"available: {', '.join(available)}" if available else (
-        "no bundles were found; put bundle folders in $NEUROSYNTH_MODELS_PATH or " + str(user_models_dir())
+    hint = (
+        f"available: {', '.join(available)}"
+        if available
+        else ("no bundles were found; put bundle folders in $NEUROSYNTH_MODELS_PATH or " + str(user_models_dir()))
     )
     raise NeurosynthError(f"no model named {name!r}; {hint}")
 
@@ -480,15 +619,14 @@ def _refuse_pickle(path: Path) -> None:
     )
 
 
-def _resolve(name_or_path: str | os.PathLike) -> BundleInfo:
+def _resolve(name_or_path: str | os.PathLike[str]) -> BundleInfo:
     path = Path(name_or_path).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES and not path.is_dir():
         _refuse_pickle(path)  # checked before touching the file, even if it does not exist
     if path.is_file():
         if path.name not in CARD_FILES:
             raise NeurosynthError(
-                f"{path} is neither a bundle folder nor a card file ({', '.join(CARD_FILES)}); "
-                "pass the bundle folder"
+                f"{path} is neither a bundle folder nor a card file ({', '.join(CARD_FILES)}); pass the bundle folder"
             )
         card = read_card(path)
         return BundleInfo(str(card.get("name") or path.parent.name), path.parent, card, "path")
@@ -534,7 +672,7 @@ def _read_weights(info: BundleInfo) -> tuple[dict[str, torch.Tensor], str]:
         raise NeurosynthError(f"model {info.name!r}: {wpath.name} is not a valid safetensors file ({exc})") from None
 
 
-def _check_channels(network: nn.Module, card: dict, where: str) -> None:
+def _check_channels(network: nn.Module, card: Mapping[str, Any], where: str) -> None:
     expected = expected_in_channels(card)
     got = getattr(network, "in_channels", None)
     if got is not None and got != expected:
@@ -545,7 +683,7 @@ def _check_channels(network: nn.Module, card: dict, where: str) -> None:
         )
 
 
-def _build_from_card(card: dict, where: str) -> nn.Module:
+def _build_from_card(card: Mapping[str, Any], where: str) -> nn.Module:
     from .networks import build_network
 
     arch = card["architecture"]
@@ -561,8 +699,11 @@ def _load_state(network: nn.Module, state: dict[str, torch.Tensor], name: str) -
     own = network.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or wrong:
         parts = []
         if wrong:
@@ -585,7 +726,7 @@ class Model:
     Attributes
     ----------
     card
-        The card (dict), as read from ``card.json``.
+        The card (a dict, typed as :class:`Card`), as read from ``card.json``.
     network
         The generator, in eval mode, on ``device``.
     path
@@ -594,9 +735,24 @@ class Model:
         Bundle name (card ``name``).
     source
         Where it was found: ``"path"``, ``"env"``, ``"user"`` or ``"shipped"``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from napari_neurosynth.networks import build_network
+    >>> net = build_network("unet", in_channels=3, base=4, depth=1)
+    >>> card = {"name": "tiny", "task": "cms", "inputs": ["t1"], "output": "t2", "slicing": {"context": 1}}
+    >>> folder = save_bundle(net, card, tempfile.mkdtemp() + "/tiny")
+    >>> model = load_model(folder)
+    >>> model.inputs, model.output, model.task, model.context, model.plane
+    (['t1'], 't2', 'cms', 1, 'axial')
+    >>> model.architecture, model.in_channels, model.size_divisor, model.n_parameters, model.phantom_only
+    ('unet', 3, 2, 2773, False)
+    >>> model.normalization
+    {'method': 'percentile', 'percentile': 99.5, 'foreground_fraction': 0.1}
     """
 
-    card: dict
+    card: Card
     network: nn.Module
     path: Path
     name: str
@@ -625,7 +781,7 @@ class Model:
         return self.card["slicing"].get("plane", "axial")
 
     @property
-    def normalization(self) -> dict:
+    def normalization(self) -> dict[str, Any]:
         return dict(self.card.get("normalization") or _DEFAULT_NORMALIZATION)
 
     @property
@@ -654,26 +810,35 @@ class Model:
 
         Examples
         --------
-        >>> print(model.describe())  # doctest: +SKIP
-        t1_to_t2: t1 -> t2 (task cms, resnet, 346,145 parameters)
-        axial slices, 1 context slice(s) each side; trained on phantom only
-        held-out: psnr 27.1, ssim 0.91
+        >>> import tempfile
+        >>> from napari_neurosynth.networks import build_network
+        >>> net = build_network("unet", in_channels=3, base=4, depth=1)
+        >>> card = {"name": "tiny", "task": "cms", "inputs": ["t1"], "output": "t2", "slicing": {"context": 1},
+        ...         "trained_on": "phantom", "metrics": {"held_out": {"psnr_brain": 24.31, "ssim_brain": 0.9048}}}
+        >>> print(load_model(save_bundle(net, card, tempfile.mkdtemp() + "/tiny")).describe())
+        tiny: t1 -> t2 (task cms, unet, 2,773 parameters)
+        axial slices, 1 context slice(s) each side; trained on the synthetic phantom only
+        held-out: psnr_brain 24.31, ssim_brain 0.9048
         """
-        lines = [f"{self.name}: {' + '.join(self.inputs)} -> {self.output} "
-                 f"(task {self.task}, {self.architecture}, {self.n_parameters:,} parameters)"]
+        lines = [
+            f"{self.name}: {' + '.join(self.inputs)} -> {self.output} "
+            f"(task {self.task}, {self.architecture}, {self.n_parameters:,} parameters)"
+        ]
         second = f"{self.plane} slices, {self.context} context slice(s) each side"
         if self.phantom_only:
             second += "; trained on the synthetic phantom only"
         lines.append(second)
         held = (self.card.get("metrics") or {}).get("held_out")
         if isinstance(held, dict):
-            vals = [f"{k} {_fmt(v)}" for k, v in held.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            vals = [
+                f"{k} {_fmt(v)}" for k, v in held.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
             if vals:
                 lines.append("held-out: " + ", ".join(vals[:4]))
         return "\n".join(lines)
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
+def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Model:
     """Load a model bundle by path or name, verifying its checksum.
 
     Parameters
@@ -698,9 +863,30 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
 
     Examples
     --------
-    >>> model = load_model("t1_to_t2")  # doctest: +SKIP
-    >>> model.inputs, model.output  # doctest: +SKIP
-    (['t1'], 't2')
+    A shipped bundle, by name:
+
+    >>> model = load_model("t1_to_t2")
+    >>> model.inputs, model.output, model.network.training
+    (['t1'], 't2', False)
+
+    A bundle folder whose weights were changed after the card was written:
+
+    >>> import tempfile
+    >>> from napari_neurosynth.networks import build_network
+    >>> net = build_network("unet", in_channels=3, base=4, depth=1)
+    >>> card = {"name": "tiny", "task": "cms", "inputs": ["t1"], "output": "t2", "slicing": {"context": 1}}
+    >>> folder = save_bundle(net, card, tempfile.mkdtemp() + "/tiny")
+    >>> weights = folder / "weights.safetensors"
+    >>> data = bytearray(weights.read_bytes()); data[-1] ^= 1
+    >>> _ = weights.write_bytes(bytes(data))
+    >>> load_model(folder)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: model 'tiny': checksum mismatch for weights.safetensors ...
+    >>> load_model(folder / "model.pth")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: refusing to load model.pth: it is a pickle-based checkpoint (.pth), ...
     """
     info = _resolve(name_or_path)
     where = f"model card {info.path}"
@@ -713,11 +899,22 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     return Model(card=info.card, network=network, path=info.path, name=info.name, source=info.source)
 
 
-def verify_bundle(name_or_path: str | os.PathLike) -> dict:
+def verify_bundle(name_or_path: str | os.PathLike[str]) -> VerifyResult:
     """Check a bundle without keeping it: card, checksum and weight shapes.
 
     Returns a JSON-ready dict (name, path, sha256, n_parameters, ok=True); raises
     NeurosynthError describing the first problem.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from napari_neurosynth.networks import build_network
+    >>> net = build_network("unet", in_channels=3, base=4, depth=1)
+    >>> card = {"name": "tiny", "task": "cms", "inputs": ["t1"], "output": "t2", "slicing": {"context": 1}}
+    >>> folder = save_bundle(net, card, tempfile.mkdtemp() + "/tiny")
+    >>> result = verify_bundle(folder)
+    >>> result["name"], result["n_parameters"], result["ok"], len(result["sha256"])
+    ('tiny', 2773, True, 64)
     """
     info = _resolve(name_or_path)
     where = f"model card {info.path}"
@@ -725,5 +922,10 @@ def verify_bundle(name_or_path: str | os.PathLike) -> dict:
     network = _build_from_card(info.card, where)
     state, digest = _read_weights(info)
     _load_state(network, state, info.name)
-    return {"name": info.name, "path": str(info.path), "sha256": digest,
-            "n_parameters": sum(p.numel() for p in network.parameters()), "ok": True}
+    return {
+        "name": info.name,
+        "path": str(info.path),
+        "sha256": digest,
+        "n_parameters": sum(p.numel() for p in network.parameters()),
+        "ok": True,
+    }

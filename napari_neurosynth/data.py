@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from .errors import NeurosynthError
 from .io import Volume
-from .preprocessing import foreground_mask, intensity_scale, slice_axis
+from .preprocessing import foreground_mask, slice_axis
+from .slicing import input_scale, normalized_stack, stack_batch
 
 #: Modalities whose file names the folder loaders recognise.
 MODALITIES = ("t1", "t1ce", "t2", "pd", "flair", "t2_lowres")
@@ -101,7 +102,7 @@ class Subject:
         first = next(iter(self.images.values()))
         return foreground_mask(first.data)
 
-    def on_grid_of(self, reference: str, keep: Iterable[str] | None = None) -> "Subject":
+    def on_grid_of(self, reference: str, keep: Iterable[str] | None = None) -> Subject:
         """Images resampled (linear) onto the grid of ``reference``; masks must already be there.
 
         A volume already on the reference grid is kept as is, so for phantoms only
@@ -164,8 +165,83 @@ def parse_seeds(text: str | Sequence[int]) -> list[int]:
     return seeds
 
 
+#: What domain randomisation draws from, per phantom subject (SynthSR / SynthSeg's idea, Billot et al.
+#: 2023: a network trained on many acquisitions of synthetic anatomy generalises to unseen ones).
+@dataclass(frozen=True)
+class Randomization:
+    """The ranges :func:`randomized_acquisition` draws from (each choice with equal odds)."""
+
+    skull_strip: tuple[bool, ...] = (False, True)
+    field_strengths: tuple[float, ...] = (1.5, 3.0)
+    protocols: tuple[str, ...] = ("default", "random")
+    noise: tuple[float, float] = (0.01, 0.04)
+    bias: tuple[float, float] = (0.0, 0.3)
+    fov_crop_probability: float = 0.25
+
+
+RANDOMIZATION = Randomization()
+
+
+def randomized_acquisition(seed: int, resolution: float | tuple[float, float, float]) -> dict:
+    """The :func:`~napari_neurosynth.make_phantom` options domain randomisation gives phantom ``seed``.
+
+    Drawn from their own generator (seeded by ``seed``), so a subject's
+    acquisition is reproducible and independent of its anatomy's randomness.
+
+    Examples
+    --------
+    >>> a = randomized_acquisition(3, 2.0)
+    >>> a == randomized_acquisition(3, 2.0), sorted(a)
+    (True, ['bias', 'field_strength', 'fov_crop', 'noise', 'protocol', 'resolution', 'skull_strip'])
+    """
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    r = RANDOMIZATION
+    return {
+        "resolution": resolution,
+        "skull_strip": bool(r.skull_strip[int(rng.integers(len(r.skull_strip)))]),
+        "field_strength": float(r.field_strengths[int(rng.integers(len(r.field_strengths)))]),
+        "protocol": str(r.protocols[int(rng.integers(len(r.protocols)))]),
+        "noise": float(rng.uniform(*r.noise)),
+        "bias": float(rng.uniform(*r.bias)),
+        "fov_crop": "random" if rng.random() < r.fov_crop_probability else None,
+    }
+
+
+def parse_resolution(value: float | str | Sequence[float]) -> float | tuple[float, float, float]:
+    """A voxel size: ``2``, ``"2"``, ``"1x1x3"`` or ``(1, 1, 3)`` (mm).
+
+    Examples
+    --------
+    >>> parse_resolution("1x1x3"), parse_resolution("2.5")
+    ((1.0, 1.0, 3.0), 2.5)
+    """
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise NeurosynthError(f"cannot read voxel size {value!r}; write 2 or 1x1x3 (mm)") from None
+        value = nums[0] if len(nums) == 1 else nums
+    if isinstance(value, (int, float)):
+        return float(value)
+    vals = [float(v) for v in value]
+    if len(vals) != 3:
+        raise NeurosynthError(f"a voxel size has 1 or 3 values (mm), not {len(vals)}")
+    return vals[0], vals[1], vals[2]
+
+
+def _resolution_label(res: float | tuple[float, float, float]) -> str:
+    if isinstance(res, (int, float)):
+        return f"{res:g}mm"
+    return "x".join(f"{r:g}" for r in res) + "mm"
+
+
 def phantom_subjects(
-    seeds: Sequence[int], resolution: float | Sequence[float] = 2.0, lesions: bool | list = True
+    seeds: Sequence[int],
+    resolution: float | str | Sequence = 2.0,
+    lesions: bool | list = True,
+    randomize: bool = False,
+    **options,
 ) -> list[Subject]:
     """Phantom subjects for ``seeds``; a list of resolutions is cycled over the seeds.
 
@@ -173,26 +249,45 @@ def phantom_subjects(
     ----------
     seeds : sequence of int
         Phantom seeds (each gives a different anatomy deformation, lesions, noise, bias).
-    resolution : float or sequence of float
-        Voxel size in mm; with several, seed ``i`` gets ``resolution[i % len]`` so a
-        model sees mixed resolutions.
+    resolution : float, str, tuple or list of them
+        Voxel size in mm (``2``, ``"1x1x3"``, ``(1, 1, 3)``); with a list of several,
+        seed ``i`` gets ``resolution[i % len]`` so a model sees mixed resolutions.
     lesions : bool or list
         Passed to :func:`make_phantom`.
+    randomize : bool
+        Domain randomisation: each seed also gets its own acquisition
+        (:func:`randomized_acquisition`: whole head or skull-stripped, 1.5 or 3 T,
+        default or random TR/TE/TI, noise, bias, field-of-view crop).
+    **options
+        Further :func:`make_phantom` options, the same for every seed (they override the randomised ones).
     """
     from .phantom import make_phantom
 
-    resolutions = [float(resolution)] if np.isscalar(resolution) else [float(r) for r in resolution]
+    # a tuple is one (anisotropic) voxel size; a list holds several, cycled over the seeds
+    if isinstance(resolution, (str, int, float, tuple)):
+        resolutions = [parse_resolution(resolution)]
+    else:
+        resolutions = [parse_resolution(r) for r in resolution]
     subjects = []
     for i, seed in enumerate(seeds):
         res = resolutions[i % len(resolutions)]
-        ph = make_phantom(seed=int(seed), lesions=lesions, resolution=res)
-        images = {k: ph[k] for k in ("t1", "t2", "pd", "flair", "t2_lowres") if k in ph}
+        kwargs = randomized_acquisition(int(seed), res) if randomize else {"resolution": res}
+        kwargs.update(options)
+        ph = make_phantom(seed=int(seed), lesions=lesions, **kwargs)
+        images: dict[str, Volume] = {k: ph[k] for k in ("t1", "t2", "pd", "flair", "t2_lowres") if k in ph}
         subjects.append(
             Subject(
-                f"phantom-{seed}@{res:g}mm", images,
+                f"phantom-{seed}@{_resolution_label(kwargs['resolution'])}",
+                images,
                 brain_mask=np.asarray(ph["brain_mask"].data) > 0,
                 lesion_mask=np.asarray(ph["lesion_mask"].data).astype(np.uint8),
-                meta={"seed": int(seed), "resolution": res},
+                meta={
+                    "seed": int(seed),
+                    "resolution": kwargs["resolution"],
+                    "acquisition": kwargs,
+                    "lesions": ph["lesion_mask"].metadata.get("lesions"),
+                    "lesion_labels": ph["lesion_mask"].metadata.get("labels"),
+                },
             )
         )
     return subjects
@@ -269,33 +364,93 @@ def ixi_subjects(folder: str | Path) -> list[Subject]:
     return subjects
 
 
-def manifest_subjects(csv_path: str | Path) -> list[Subject]:
-    """Subjects from a CSV manifest: ``subject,t1,t2,flair,...,mask,lesion`` (paths relative to the CSV)."""
-    csv_path = Path(csv_path)
+def read_manifest(
+    csv_path: str | Path,
+    required: Sequence[str] = (),
+    path_columns: Sequence[str] | None = None,
+    must_exist: bool = False,
+) -> list[dict[str, str | Path]]:
+    """The rows of a CSV subject manifest, with path columns resolved against the CSV's folder.
+
+    The one parser behind ``neurosynth train --data subjects.csv`` and
+    ``neurosynth synthesize --batch subjects.csv``: a ``subject`` column, then
+    one column per modality (``t1``, ``t2``, ...) and optionally ``mask`` and
+    ``lesion``. Column names are case-insensitive, cells are stripped, a BOM is
+    ignored, an empty subject cell becomes ``row<N>``, and an empty path cell is
+    left out of its row.
+
+    Parameters
+    ----------
+    csv_path : str or Path
+        The manifest.
+    required : sequence of str
+        Columns that must exist besides ``subject``.
+    path_columns : sequence of str, optional
+        Columns holding paths (default: every modality column, ``mask`` and ``lesion``).
+    must_exist : bool
+        Raise when a named file is missing.
+
+    Raises
+    ------
+    NeurosynthError
+        A missing or unreadable file, a missing column, or (``must_exist``) a missing image file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "s.csv").write_text("Subject,T1,t2\\nsub-1,a/t1.nii.gz,\\n")
+    >>> rows = read_manifest(folder / "s.csv", required=["t1"])
+    >>> rows[0]["subject"], rows[0]["t1"] == folder / "a" / "t1.nii.gz", "t2" in rows[0]
+    ('sub-1', True, False)
+    """
+    csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise NeurosynthError(f"manifest {csv_path} does not exist")
-    with csv_path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    if "subject" not in columns:
-        raise NeurosynthError(f"manifest {csv_path} needs a 'subject' column (and one column per modality)")
-    modalities = [c for c in columns if c in MODALITIES]
-    if not modalities:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+            raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise NeurosynthError(f"cannot read manifest {csv_path}: {exc}") from None
+    missing = [c for c in ["subject", *[r.lower() for r in required]] if c not in columns]
+    if missing:
+        raise NeurosynthError(
+            f"manifest {csv_path} lacks column(s) {', '.join(missing)}; it needs 'subject' and one column per "
+            f"modality{' (' + ', '.join(required) + ')' if required else ''}"
+        )
+    paths = (
+        [c.lower() for c in path_columns]
+        if path_columns is not None
+        else [c for c in columns if c in MODALITIES or c in ("mask", "lesion")]
+    )
+    rows: list[dict[str, str | Path]] = []
+    for i, row in enumerate(raw, start=2):
+        out: dict[str, str | Path] = {"subject": row.get("subject") or f"row{i}"}
+        for c in paths:
+            if row.get(c):
+                p = Path(row[c]).expanduser()
+                p = p if p.is_absolute() else csv_path.parent / p
+                if must_exist and not p.exists():
+                    raise NeurosynthError(f"manifest {csv_path}: subject {out['subject']!r} refers to missing file {p}")
+                out[c] = p
+        rows.append(out)
+    return rows
+
+
+def manifest_subjects(csv_path: str | Path) -> list[Subject]:
+    """Subjects from a CSV manifest: ``subject,t1,t2,flair,...,mask,lesion`` (paths relative to the CSV)."""
+    rows = read_manifest(csv_path, must_exist=True)
+    modalities = [c for c in MODALITIES if any(c in r for r in rows)]
+    if rows and not modalities:
         raise NeurosynthError(f"manifest {csv_path} has no modality column; add columns such as t1,t2,flair")
     subjects = []
     for row in rows:
-        def path(value: str) -> Path:
-            p = Path(value)
-            p = p if p.is_absolute() else csv_path.parent / p
-            if not p.exists():
-                raise NeurosynthError(f"manifest {csv_path}: subject {row['subject']!r} refers to missing file {p}")
-            return p
-
-        images = {m: _read(path(row[m])) for m in modalities if row.get(m)}
-        brain = np.asarray(_read(path(row["mask"])).data) > 0 if row.get("mask") else None
-        lesion = np.rint(np.asarray(_read(path(row["lesion"])).data)).astype(np.uint8) if row.get("lesion") else None
-        subjects.append(Subject(row["subject"], images, brain, lesion, {"source": "manifest"}))
+        images = {m: _read(Path(row[m])) for m in modalities if m in row}
+        brain = np.asarray(_read(Path(row["mask"])).data) > 0 if "mask" in row else None
+        lesion = np.rint(np.asarray(_read(Path(row["lesion"])).data)).astype(np.uint8) if "lesion" in row else None
+        subjects.append(Subject(str(row["subject"]), images, brain, lesion, {"source": "manifest"}))
     if not subjects:
         raise NeurosynthError(f"manifest {csv_path} lists no subjects")
     return subjects
@@ -304,7 +459,9 @@ def manifest_subjects(csv_path: str | Path) -> list[Subject]:
 def load_subjects(
     source: str | Path,
     modalities: Sequence[str] | None = None,
-    resolution: float | Sequence[float] = 2.0,
+    resolution: float | str | Sequence = 2.0,
+    randomize: bool = False,
+    **phantom_options,
 ) -> list[Subject]:
     """Subjects from a data specification, resampled onto the grid of the first of ``modalities``.
 
@@ -315,8 +472,13 @@ def load_subjects(
     modalities : sequence of str, optional
         Modalities the caller needs (inputs then output); each subject must have
         them all, and all are brought onto the first one's grid.
-    resolution : float or sequence of float
-        Phantom voxel size(s) in mm (phantom sources only).
+    resolution : float, str or sequence of them
+        Phantom voxel size(s) in mm (phantom sources only), e.g. ``[2, "1x1x3"]``.
+    randomize : bool
+        Phantom sources only: domain randomisation of each subject's acquisition
+        (:func:`phantom_subjects`).
+    **phantom_options
+        Phantom sources only: further :func:`make_phantom` options.
 
     Examples
     --------
@@ -324,7 +486,9 @@ def load_subjects(
     """
     text = str(source)
     if text.startswith("phantom:"):
-        subjects = phantom_subjects(parse_seeds(text[len("phantom:"):]), resolution)
+        subjects = phantom_subjects(
+            parse_seeds(text[len("phantom:") :]), resolution, randomize=randomize, **phantom_options
+        )
     else:
         path = Path(text)
         if path.suffix.lower() == ".csv":
@@ -368,7 +532,10 @@ class PreparedSubject:
 
 
 def prepare(
-    subject: Subject, modalities: Sequence[str], normalization: dict | None = None, plane: str = "axial",
+    subject: Subject,
+    modalities: Sequence[str],
+    normalization: dict | None = None,
+    plane: str = "axial",
     min_brain_fraction: float = 0.05,
 ) -> PreparedSubject:
     """Normalise each modality (as the engine does) and put the slicing axis first.
@@ -384,7 +551,7 @@ def prepare(
         data = np.asarray(subject.images[m].data, np.float32)
         if not np.isfinite(data).all():
             raise NeurosynthError(f"subject {subject.name!r}: {m} has NaN or Inf voxels; fix or drop it")
-        arrays[m] = np.ascontiguousarray(np.moveaxis(data / intensity_scale(data, normalization), axis, 0))
+        arrays[m] = normalized_stack(data, axis, input_scale(data, normalization))
     mask = np.moveaxis(subject.mask(), axis, 0)
     lesion = None if subject.lesion_mask is None else np.moveaxis(subject.lesion_mask, axis, 0)
     area = mask.reshape(mask.shape[0], -1).sum(1)
@@ -392,12 +559,6 @@ def prepare(
     if keep.size == 0:
         raise NeurosynthError(f"subject {subject.name!r} has an empty brain mask; nothing to train on")
     return PreparedSubject(subject.name, arrays, mask, lesion, keep)
-
-
-def context_stack(stack: np.ndarray, index: int, context: int) -> np.ndarray:
-    """Slices ``index-context .. index+context`` of ``stack`` (edges repeated), shape ``(2c+1, H, W)``."""
-    idx = np.clip(np.arange(index - context, index + context + 1), 0, stack.shape[0] - 1)
-    return stack[idx]
 
 
 class SliceSampler:
@@ -417,13 +578,18 @@ class SliceSampler:
         Patch edge in pixels; slices smaller than that are zero-padded.
     rng : numpy.random.Generator
         The only randomness used, so sampling is reproducible from a seed.
+    flips : bool
+        Augmentation: each patch is mirrored along each in-plane axis with probability
+        1/2 (inputs, target and mask together). A head is nearly symmetric left-right,
+        and flipping the other in-plane axis too makes the lesion and nucleus
+        positions a model learns less tied to one place in the slice.
 
     Examples
     --------
     >>> # x, y, m = sampler.batch(8)  -> (8, C, P, P), (8, 1, P, P), (8, 1, P, P)
     """
 
-    def __init__(self, subjects, inputs, output, context=1, patch=64, rng=None):
+    def __init__(self, subjects, inputs, output, context=1, patch=64, rng=None, flips: bool = False):
         if not subjects:
             raise NeurosynthError("no training subjects")
         self.subjects = list(subjects)
@@ -432,6 +598,7 @@ class SliceSampler:
         self.context = int(context)
         self.patch = int(patch)
         self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.flips = bool(flips)
 
     def _window(self, size: int, centre: int) -> tuple[int, int]:
         if size <= self.patch:
@@ -449,21 +616,27 @@ class SliceSampler:
         y0, y1 = self._window(H, int(ys[k]))
         x0, x1 = self._window(W, int(xs[k]))
         P = self.patch
-        x = np.zeros((len(self.inputs) * (2 * self.context + 1), P, P), np.float32)
-        chans = np.concatenate([context_stack(subj.arrays[m], s, self.context) for m in self.inputs], 0)
-        x[:, : y1 - y0, : x1 - x0] = chans[:, y0:y1, x0:x1]
+        # the engine's own stacking (slicing.stack_batch): same context order, edges, padding
+        x = stack_batch([subj.arrays[m] for m in self.inputs], [s], self.context, box=(y0, y1, x0, x1), size=(P, P))[0]
         m = np.zeros((1, P, P), np.float32)
         m[0, : y1 - y0, : x1 - x0] = subj.mask[s, y0:y1, x0:x1]
         y = None
         if self.output is not None:
             y = np.zeros((1, P, P), np.float32)
             y[0, : y1 - y0, : x1 - x0] = subj.arrays[self.output][s, y0:y1, x0:x1]
+        if self.flips:
+            # drawn only when flipping, so runs without flips keep their exact random stream
+            for axis in np.flatnonzero(self.rng.random(2) < 0.5):
+                x, m = np.flip(x, 1 + axis), np.flip(m, 1 + axis)
+                y = None if y is None else np.flip(y, 1 + axis)
+            x, m = np.ascontiguousarray(x), np.ascontiguousarray(m)
+            y = None if y is None else np.ascontiguousarray(y)
         return x, y, m
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """``n`` patches stacked: ``(n, C, P, P)``, ``(n, 1, P, P)`` or None, ``(n, 1, P, P)``."""
         items = [self.sample() for _ in range(n)]
         xs = np.stack([i[0] for i in items])
-        ys = None if self.output is None else np.stack([i[1] for i in items])
+        ys = None if self.output is None else np.stack([i[1] for i in items if i[1] is not None])
         ms = np.stack([i[2] for i in items])
         return xs, ys, ms

@@ -7,6 +7,16 @@ class NeurosynthError(ValueError):
     The CLI prints ``str(error)`` on one line and exits with status 2; the napari
     widgets show it as a notification. Raise it (or a subclass) wherever bad input
     is detected, with a message that says what is wrong and what to do instead.
+
+    Examples
+    --------
+    >>> try:
+    ...     raise NeurosynthError("t1.nii.gz is a 2-D image; open a 3-D volume")
+    ... except ValueError as exc:   # callers that catch ValueError see it too
+    ...     print(exc)
+    t1.nii.gz is a 2-D image; open a 3-D volume
+    >>> issubclass(CancelledError, NeurosynthError)
+    True
     """
 
 

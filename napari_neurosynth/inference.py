@@ -23,9 +23,9 @@ contrast on the grid of the first input. Under it:
   :class:`~napari_neurosynth.errors.CancelledError`; ``progress(fraction)``
   receives increasing values ending exactly at 1.0.
 
-Pre-processing follows the card exactly as training does
-(:mod:`napari_neurosynth.data`): each input is divided by
-:func:`~napari_neurosynth.preprocessing.intensity_scale`; the slicing axis is
+Pre-processing is the card's slice plan (:class:`~napari_neurosynth.slicing.SlicePlan`),
+the one that training, Grad-CAM and the reference loop use too: each input is
+normalised by its :func:`~napari_neurosynth.slicing.input_scale`; the slicing axis is
 :func:`~napari_neurosynth.preprocessing.slice_axis` of the first input's affine;
 a 2.5-D model gets, per input in card order, slices ``s - context .. s + context``
 with the edge slice repeated at the volume's ends; slices are zero-padded at the
@@ -37,9 +37,22 @@ way public research code does it (pytorch-CycleGAN-and-pix2pix's ``test.py``).
 
 Examples
 --------
->>> from napari_neurosynth import make_phantom, synthesize
->>> ph = make_phantom(seed=0, resolution=3.0)                       # doctest: +SKIP
->>> t2 = synthesize("t1_to_t2", ph["t1"], progress=print)           # doctest: +SKIP
+With a shipped bundle: ``synthesize("t1_to_t2", make_phantom(resolution=3.0)["t1"])``.
+Any :class:`~napari_neurosynth.bundle.Model` works; here a tiny random 2.5-D network:
+
+>>> import numpy as np, torch
+>>> from pathlib import Path
+>>> from napari_neurosynth.bundle import Model
+>>> _ = torch.manual_seed(0)
+>>> card = {"name": "tiny", "inputs": ["t1"], "output": "t2", "slicing": {"plane": "axial", "context": 1}}
+>>> model = Model(card, torch.nn.Conv2d(3, 1, 3, padding=1), Path("."), "tiny")
+>>> t1 = np.zeros((24, 24, 5), np.float32); t1[4:20, 4:20] = 100.0
+>>> seen = []
+>>> out = synthesize(model, t1, device="cpu", progress=seen.append)
+>>> out.shape, out.dtype, seen[0], seen[-1]
+((24, 24, 5), dtype('float32'), 0.0, 1.0)
+>>> bool(np.abs(synthesize(model, t1, device="cpu", crop=False) - reference_synthesize(model, t1)).max() < 1e-5)
+True
 """
 
 from __future__ import annotations
@@ -50,21 +63,38 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from numpy.typing import NDArray
 
 from .errors import CancelledError, NeurosynthError
 from .io import Volume, check_finite, resample_to, same_grid
-from .preprocessing import foreground_mask, intensity_scale, slice_axis
+from .slicing import (
+    CROP_MARGIN,
+    CROP_QUANTUM,
+    ModelLike,
+    ModelRef,
+    SlicePlan,
+    input_scales,
+    normalized_stack,
+)
 
 __all__ = [
-    "InferenceInfo",
+    "CROP_MARGIN",
+    "CROP_QUANTUM",
     "PRECISIONS",
+    "CancelToken",
+    "InferenceInfo",
+    "InputVolume",
+    "Inputs",
+    "ModelRef",
+    "ProgressCallback",
+    "as_model",
+    "prepare_inputs",
     "reference_synthesize",
     "resolve_device",
     "resolve_precision",
@@ -74,23 +104,28 @@ __all__ = [
 
 #: Accepted spellings of ``precision`` -> torch dtype (``None`` = full fp32).
 PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None, "float32": None,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "fp32": None,
+    "float32": None,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
 }
 #: Largest batch tried on CPU: larger batches ran no faster on 2 cores and cost memory
 #: (measured with the t1_to_t2 ResNet, see docs/performance.md).
 CPU_MAX_BATCH = 4
 #: Largest batch tried on a GPU (a BraTS volume's 155 axial slices fit in two batches).
 GPU_MAX_BATCH = 128
-#: Extra voxels kept around each slice's head bounding box when cropping (in-plane).
-CROP_MARGIN = 16
-#: Crop boxes are grown to multiples of this (and of the network's size divisor), so the
-#: slices of a volume fall into a few box sizes that batch together.
-CROP_QUANTUM = 16
 
-ProgressCallback = Callable[[float], Any]
-CancelToken = "threading.Event | Callable[[], bool] | None"
+#: Receives the fraction done, 0.0 first, increasing, 1.0 last.
+ProgressCallback: TypeAlias = Callable[[float], object]
+#: Checked before every batch: an Event that is set, or a callable returning True, cancels.
+CancelToken: TypeAlias = threading.Event | Callable[[], bool] | None
+#: One input: a Volume, or an array / tensor taken as on the first input's grid.
+InputVolume: TypeAlias = Volume | NDArray[np.generic] | torch.Tensor
+#: What :func:`synthesize` takes: one input, or a list of them in card order.
+Inputs: TypeAlias = InputVolume | Sequence[InputVolume]
 
 
 @dataclass
@@ -109,7 +144,7 @@ class InferenceInfo:
     resampled_inputs: list[int] = field(default_factory=list)
     box_sizes: int = 1  # distinct per-slice crop sizes (batches never mix sizes)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
@@ -141,8 +176,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise NeurosynthError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise NeurosynthError("CUDA was requested but no CUDA GPU is usable here (or torch was built "
-                                  "without CUDA); use --device cpu or auto")
+            raise NeurosynthError(
+                "CUDA was requested but no CUDA GPU is usable here (or torch was built "
+                "without CUDA); use --device cpu or auto"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise NeurosynthError(f"{dev} was requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     elif dev.type == "mps":
@@ -194,28 +231,36 @@ def _empty_cache(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def _cancelled(cancel: Any) -> bool:
+def _cancelled(cancel: CancelToken) -> bool:
     if cancel is None:
         return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    is_set = getattr(cancel, "is_set", None)  # any Event-like object
+    return bool(is_set() if callable(is_set) else cancel())
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def as_model(model: Any):
+def as_model(model: ModelRef) -> ModelLike:
     """``model`` as a :class:`~napari_neurosynth.bundle.Model`: loads a bundle name or folder.
 
     Shared by the engine and :mod:`napari_neurosynth.explain`, which must see the
     same network the engine runs.
+
+    Examples
+    --------
+    >>> as_model(42)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: model must be a Model, a bundle name or a bundle folder, not int
     """
     from .bundle import Model, load_model
 
     if isinstance(model, (str, os.PathLike)):
         return load_model(model)
-    if isinstance(model, Model) or (hasattr(model, "card") and hasattr(model, "network")):
+    if isinstance(model, (Model, ModelLike)) or (hasattr(model, "card") and hasattr(model, "network")):
         return model
     raise NeurosynthError(f"model must be a Model, a bundle name or a bundle folder, not {type(model).__name__}")
 
@@ -224,7 +269,7 @@ def _label(i: int, modality: str) -> str:
     return f"input {i + 1} ({modality})"
 
 
-def prepare_inputs(model: Any, inputs: Any, resample: bool = False) -> tuple[list[Volume], list[int]]:
+def prepare_inputs(model: ModelLike, inputs: Inputs, resample: bool = False) -> tuple[list[Volume], list[int]]:
     """Check ``inputs`` against the model card; return them as Volumes on the first input's grid.
 
     Arrays are taken as lying on the first input's grid (a bare first array gets
@@ -244,6 +289,20 @@ def prepare_inputs(model: Any, inputs: Any, resample: bool = False) -> tuple[lis
         Wrong number of inputs, a modality recorded in a volume's metadata that
         differs from the card, a volume that is not 3-D, NaN/Inf voxels, an empty
         volume (no foreground), or mismatched grids.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from napari_neurosynth.bundle import Model
+    >>> card = {"name": "fuse", "inputs": ["t1", "t2"], "output": "flair", "slicing": {"plane": "axial"}}
+    >>> model = Model(card, torch.nn.Identity(), Path("."), "fuse")
+    >>> vols, resampled = prepare_inputs(model, [np.ones((4, 4, 4)), np.ones((4, 4, 4))])
+    >>> [v.shape for v in vols], resampled
+    ([(4, 4, 4), (4, 4, 4)], [])
+    >>> prepare_inputs(model, [np.ones((4, 4, 4))])
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: model 'fuse' takes 2 input(s) (t1, t2, in that order) but 1 were given
     """
     card = model.card
     names = list(card["inputs"])
@@ -273,10 +332,17 @@ def prepare_inputs(model: Any, inputs: Any, resample: bool = False) -> tuple[lis
             vol = Volume(arr, first_affine)
         data = vol.data
         if data.ndim != 3:
-            hint = ("take one volume (time point / channel) first" if data.ndim == 4
-                    else "give the whole 3-D volume, not a single slice" if data.ndim == 2 else "give a 3-D volume")
-            raise NeurosynthError(f"{_label(i, name)} is {data.ndim}-D with shape {tuple(data.shape)}; "
-                                  f"synthesis needs a 3-D volume: {hint}")
+            hint = (
+                "take one volume (time point / channel) first"
+                if data.ndim == 4
+                else "give the whole 3-D volume, not a single slice"
+                if data.ndim == 2
+                else "give a 3-D volume"
+            )
+            raise NeurosynthError(
+                f"{_label(i, name)} is {data.ndim}-D with shape {tuple(data.shape)}; "
+                f"synthesis needs a 3-D volume: {hint}"
+            )
         if min(data.shape) < 1:
             raise NeurosynthError(f"{_label(i, name)} has an empty shape {tuple(data.shape)}")
         if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool) or np.iscomplexobj(data):
@@ -310,78 +376,12 @@ def prepare_inputs(model: Any, inputs: Any, resample: bool = False) -> tuple[lis
     return volumes, resampled
 
 
-def input_scales(model: Any, volumes: Sequence[Volume]) -> list[float]:
-    """Each input's intensity divisor under the card's normalisation (errors name the input)."""
-    out = []
-    for i, vol in enumerate(volumes):
-        try:
-            out.append(intensity_scale(vol.data, model.card.get("normalization")))
-        except NeurosynthError as exc:
-            raise NeurosynthError(f"{_label(i, model.card['inputs'][i])}: {exc}") from None
-    return out
-
-
-def _float32(data: np.ndarray) -> np.ndarray:
-    """``data`` as native float32, without a copy when it already is."""
-    return np.asarray(data, dtype=np.dtype(np.float32).newbyteorder("="))
-
-
-# --------------------------------------------------------------------------- geometry helpers
-
-
-def _grow(lo: int, hi: int, size: int, quantum: int) -> tuple[int, int]:
-    """Grow ``[lo, hi)`` inside ``[0, size)`` to a multiple of ``quantum``, centred; the whole axis if too big.
-
-    Growing into the image beats zero-padding: the network sees true context.
-    """
-    need = math.ceil((hi - lo) / quantum) * quantum
-    if need >= size:
-        return 0, size
-    lo = max(0, lo - (need - (hi - lo)) // 2)
-    hi = lo + need
-    if hi > size:
-        lo, hi = size - need, size
-    return lo, hi
-
-
-def _crop_plan(first: np.ndarray, axis: int, fraction: float, quantum: int,
-               margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slices that hold head and each one's in-plane box ``(y0, y1, x0, x1)``.
-
-    Each slice gets the bounding box of its own head cross-section plus ``margin``,
-    grown to a multiple of ``quantum`` so that slices fall into a few box sizes that
-    can be batched. The foreground is found on every second voxel (8x less work for
-    the percentile over the volume; a head is many voxels wide) and the boxes grown
-    by one voxel to cover the skipped ones.
-    """
-    view = np.moveaxis(first, axis, 0)
-    n, H, W = view.shape
-    fg = foreground_mask(view[::2, ::2, ::2], fraction)
-    if not fg.any():  # a foreground too thin to survive subsampling: run everything
-        return np.arange(n), np.tile([0, H, 0, W], (n, 1))
-    rows = np.repeat(fg.any(axis=2), 2, axis=0)[:n]  # (n, ceil(H/2)) per original slice
-    cols = np.repeat(fg.any(axis=1), 2, axis=0)[:n]
-    # the skipped slices: a slice counts as head when a neighbour does
-    rows[1:] |= rows[:-1].copy()
-    rows[:-1] |= rows[1:].copy()
-    cols[1:] |= cols[:-1].copy()
-    cols[:-1] |= cols[1:].copy()
-    todo = np.flatnonzero(rows.any(axis=1))
-    boxes = np.empty((len(todo), 4), int)
-    m = margin + 1  # + the subsampling's resolution
-    for k, s in enumerate(todo):
-        r, c = np.flatnonzero(rows[s]), np.flatnonzero(cols[s])
-        y0, y1 = _grow(max(0, 2 * r[0] - m), min(H, 2 * r[-1] + 1 + m), H, quantum)
-        x0, x1 = _grow(max(0, 2 * c[0] - m), min(W, 2 * c[-1] + 1 + m), W, quantum)
-        boxes[k] = (y0, y1, x0, x1)
-    return todo, boxes
-
-
 # --------------------------------------------------------------------------- memory
 
 
-def _activation_bytes_per_pixel(net: torch.nn.Module, channels: int, divisor: int, device: torch.device,
-                                autocast: dict) -> float:
+def _activation_bytes_per_pixel(
+    net: torch.nn.Module, channels: int, divisor: int, device: torch.device, autocast: dict
+) -> float:
     """Estimate of live activation bytes per input pixel of one slice.
 
     Runs the network once on a small probe. On CUDA the allocator's peak is
@@ -429,7 +429,7 @@ def _probe(net: torch.nn.Module, channels: int, divisor: int, device: torch.devi
     try:
         with torch.inference_mode():
             return _activation_bytes_per_pixel(net, channels, divisor, device, autocast)
-    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+    except Exception as exc:
         if not _is_oom(exc):
             raise
         _empty_cache(device)
@@ -456,16 +456,8 @@ def _memory_available(device: torch.device, volume_bytes: int) -> float:
 # --------------------------------------------------------------------------- the engine
 
 
-def _slice_tensor(volume: np.ndarray, axis: int, device: torch.device) -> torch.Tensor:
-    """``volume`` as a torch tensor with the slicing axis first (a view on CPU; uploaded once on GPUs)."""
-    t = torch.from_numpy(_float32(volume))
-    if device.type != "cpu":
-        t = t.to(device, non_blocking=True)
-    return t.movedim(axis, 0)
-
-
 @contextlib.contextmanager
-def _strict_fp32(device: torch.device, precision: str):
+def _strict_fp32(device: torch.device, precision: str) -> Iterator[None]:
     """On CUDA, ``fp32`` means IEEE fp32: TF32 convolutions and matmuls (torch's cuDNN
     default, ~1e-3 relative error) are switched off for the call and restored after."""
     if device.type != "cuda" or precision != "fp32":
@@ -479,42 +471,54 @@ def _strict_fp32(device: torch.device, precision: str):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _run(model: Any, inputs: Any, device: str | torch.device, progress: ProgressCallback | None, cancel: Any,
-         batch_size: int | str, precision: str | None, resample: bool, crop: bool, memory_budget: float | None,
-         channels_last: bool | None) -> tuple[np.ndarray, InferenceInfo]:
+def _run(
+    model: ModelRef,
+    inputs: Inputs,
+    device: str | torch.device,
+    progress: ProgressCallback | None,
+    cancel: CancelToken,
+    batch_size: int | str,
+    precision: str | None,
+    resample: bool,
+    crop: bool,
+    memory_budget: float | None,
+    channels_last: bool | None,
+) -> tuple[np.ndarray, InferenceInfo]:
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     with _strict_fp32(dev, prec):
-        return _run_on(model, inputs, dev, prec, progress, cancel, batch_size, resample, crop, memory_budget,
-                       channels_last)
+        return _run_on(
+            model, inputs, dev, prec, progress, cancel, batch_size, resample, crop, memory_budget, channels_last
+        )
 
 
-def _run_on(model: Any, inputs: Any, dev: torch.device, prec: str, progress: ProgressCallback | None, cancel: Any,
-            batch_size: int | str, resample: bool, crop: bool, memory_budget: float | None,
-            channels_last: bool | None) -> tuple[np.ndarray, InferenceInfo]:
+def _run_on(
+    model: ModelRef,
+    inputs: Inputs,
+    dev: torch.device,
+    prec: str,
+    progress: ProgressCallback | None,
+    cancel: CancelToken,
+    batch_size: int | str,
+    resample: bool,
+    crop: bool,
+    memory_budget: float | None,
+    channels_last: bool | None,
+) -> tuple[NDArray[np.float32], InferenceInfo]:
     t_start = time.perf_counter()
     model = as_model(model)
-    card = model.card
     volumes, resampled = prepare_inputs(model, inputs, resample)
-    scales = input_scales(model, volumes)
-    first = volumes[0]
-    slicing = card.get("slicing") or {}
-    axis = slice_axis(first.affine, slicing.get("plane", "axial"))
-    context = int(slicing.get("context", 0))
     net0 = model.network
-    divisor = int(getattr(net0, "size_divisor", 1) or 1)
     if getattr(net0, "spatial_dims", 2) == 3:
+        scales = input_scales(model.card, volumes)
         return _run_3d(model, volumes, scales, dev, prec, progress, cancel, batch_size, t_start, resampled)
 
-    shape = first.shape
-    n_slices = shape[axis]
-    H, W = [s for k, s in enumerate(shape) if k != axis]
-    if crop:
-        frac = float((card.get("normalization") or {}).get("foreground_fraction", 0.1))
-        quantum = divisor * math.ceil(CROP_QUANTUM / divisor)
-        todo, boxes = _crop_plan(first.data, axis, frac, quantum, CROP_MARGIN)
-    else:
-        todo, boxes = np.arange(n_slices), np.tile([0, H, 0, W], (n_slices, 1))
+    # The slice plan: axis, normalisation, 2.5-D context, padding, crop boxes, batches.
+    plan = SlicePlan.from_model(model, volumes, device=dev)
+    axis, divisor = plan.axis, plan.divisor
+    shape = volumes[0].shape
+    n_slices, (H, W) = plan.n_slices, plan.plane_shape
+    todo, boxes = plan.crop_boxes(crop)
     sizes = np.stack([boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]], 1)
     # Work order: slices grouped by box size so that a batch is one tensor; largest boxes
     # first, so later (smaller) batches reuse freed memory instead of growing the heap.
@@ -526,20 +530,19 @@ def _run_on(model: Any, inputs: Any, dev: torch.device, prec: str, progress: Pro
     net = copy.deepcopy(net0).eval().to(dev)
     use_cl = (dev.type == "cuda") if channels_last is None else bool(channels_last)
     if use_cl:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     amp_dtype = PRECISIONS[prec]
-    autocast = {"device_type": dev.type, "dtype": amp_dtype or torch.float32, "enabled": amp_dtype is not None}
+    autocast: dict[str, Any] = {
+        "device_type": dev.type,
+        "dtype": amp_dtype or torch.float32,
+        "enabled": amp_dtype is not None,
+    }
 
-    stacks = [_slice_tensor(v.data, axis, dev) for v in volumes]
-    inv_scales = [1.0 / s for s in scales]
-    offsets = np.arange(-context, context + 1)
-    # (n_todo, 2c+1) neighbour indices, edges repeated as in training (data.context_stack)
-    neighbours = torch.as_tensor(np.clip(todo[:, None] + offsets[None, :], 0, n_slices - 1), device=dev)
     out = np.zeros(shape, np.float32)
     out_view = torch.from_numpy(out).movedim(axis, 0)  # writes land in ``out``
     out_dev = out_view if dev.type == "cpu" else torch.zeros((n_slices, H, W), device=dev)
 
-    channels = len(volumes) * (2 * context + 1)
+    channels = plan.channels
     max_area = int(max(((h + (-h) % divisor) * (w + (-w) % divisor) for h, w in sizes), default=1))
     if batch_size in (None, "auto"):
         per_slice = _probe(net, channels, divisor, dev, autocast) * max_area + 8 * channels * max_area
@@ -556,8 +559,17 @@ def _run_on(model: Any, inputs: Any, dev: torch.device, prec: str, progress: Pro
     union = None
     if crop and n_todo:
         union = (int(boxes[:, 0].min()), int(boxes[:, 1].max()), int(boxes[:, 2].min()), int(boxes[:, 3].max()))
-    info = InferenceInfo(model.name, str(dev), prec, bs, n_slices, n_todo, union, resampled_inputs=resampled,
-                         box_sizes=len({(int(h), int(w)) for h, w in sizes}))
+    info = InferenceInfo(
+        model.name,
+        str(dev),
+        prec,
+        bs,
+        n_slices,
+        n_todo,
+        union,
+        resampled_inputs=resampled,
+        box_sizes=len({(int(h), int(w)) for h, w in sizes}),
+    )
 
     def report(fraction: float) -> None:
         if progress is not None:
@@ -573,26 +585,13 @@ def _run_on(model: Any, inputs: Any, dev: torch.device, prec: str, progress: Pro
             end = done + 1
             while end < min(n_todo, done + bs) and sizes[end, 0] == h and sizes[end, 1] == w:
                 end += 1
-            same_box = bool((boxes[done:end] == boxes[done]).all())
-            if same_box:  # one crop for the whole batch: a single gather per input
-                y0, y1, x0, x1 = (int(v) for v in boxes[done])
-                idx = neighbours[done:end].reshape(-1)
-                x = torch.cat([st[:, y0:y1, x0:x1].index_select(0, idx).view(end - done, -1, h, w) * k
-                               for st, k in zip(stacks, inv_scales)], dim=1)
-            else:
-                x = torch.stack([
-                    torch.cat([st[neighbours[i], b[0]:b[1], b[2]:b[3]] * k for st, k in zip(stacks, inv_scales)])
-                    for i, b in zip(range(done, end), boxes[done:end].tolist())
-                ])
-            pad_h, pad_w = (-h) % divisor, (-w) % divisor
-            if pad_h or pad_w:
-                x = F.pad(x, (0, pad_w, 0, pad_h))
+            x = plan.batch(todo[done:end], boxes[done:end])
             if use_cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
                 with torch.autocast(**autocast):
                     y = net(x)
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            except Exception as exc:
                 if not _is_oom(exc):
                     raise
                 del x
@@ -605,9 +604,9 @@ def _run_on(model: Any, inputs: Any, dev: torch.device, prec: str, progress: Pro
                 info.oom_retries += 1
                 info.batch_size = bs
                 continue
-            y = y[:, 0, :h, :w].float()
+            y = plan.crop_output(y, (h, w)).float()
             for j, (s, b) in enumerate(zip(todo[done:end].tolist(), boxes[done:end].tolist())):
-                out_dev[s, b[0]:b[1], b[2]:b[3]] = y[j]
+                out_dev[s, b[0] : b[1], b[2] : b[3]] = y[j]
             done = end
             report(done / n_todo if done < n_todo else 1.0)
     if dev.type != "cpu":
@@ -618,7 +617,18 @@ def _run_on(model: Any, inputs: Any, dev: torch.device, prec: str, progress: Pro
     return out, info
 
 
-def _run_3d(model, volumes, scales, dev, prec, progress, cancel, batch_size, t_start, resampled):
+def _run_3d(
+    model: ModelLike,
+    volumes: Sequence[Volume],
+    scales: Sequence[float],
+    dev: torch.device,
+    prec: str,
+    progress: ProgressCallback | None,
+    cancel: CancelToken,
+    batch_size: int | str,
+    t_start: float,
+    resampled: list[int],
+) -> tuple[NDArray[np.float32], InferenceInfo]:
     """Sliding-window inference for 3-D patch models (MONAI), Gaussian-blended windows.
 
     The card's ``slicing`` gives ``patch_size`` (default 96^3) and ``overlap``
@@ -632,8 +642,12 @@ def _run_3d(model, volumes, scales, dev, prec, progress, cancel, batch_size, t_s
     shape = volumes[0].shape
     net = copy.deepcopy(model.network).eval().to(dev)
     amp_dtype = PRECISIONS[prec]
-    autocast = {"device_type": dev.type, "dtype": amp_dtype or torch.float32, "enabled": amp_dtype is not None}
-    x = torch.stack([torch.from_numpy(_float32(v.data)) / s for v, s in zip(volumes, scales)])[None].to(dev)
+    autocast: dict[str, Any] = {
+        "device_type": dev.type,
+        "dtype": amp_dtype or torch.float32,
+        "enabled": amp_dtype is not None,
+    }
+    x = torch.stack([torch.from_numpy(normalized_stack(v.data, 0, s)) for v, s in zip(volumes, scales)])[None].to(dev)
     # number of windows MONAI will visit, for the progress fraction
     n_win = 1
     for size, r in zip(shape, roi):
@@ -648,11 +662,11 @@ def _run_3d(model, volumes, scales, dev, prec, progress, cancel, batch_size, t_s
             raise CancelledError(f"synthesis cancelled after {state['done']} of {n_win} windows")
         parts, start = [], 0
         while start < batch.shape[0]:
-            chunk = batch[start:start + state["bs"]]
+            chunk = batch[start : start + state["bs"]]
             try:
                 with torch.autocast(**autocast):
                     parts.append(net(chunk).float())
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not _is_oom(exc) or state["bs"] == 1:
                     raise
                 _empty_cache(dev)
@@ -669,21 +683,32 @@ def _run_3d(model, volumes, scales, dev, prec, progress, cancel, batch_size, t_s
         progress(0.0)
     with torch.inference_mode():
         y = sliding_window_inference(x, roi, bs, predictor, overlap=overlap, mode="gaussian")
+    assert isinstance(y, torch.Tensor)
     out = y[0, 0].float().cpu().numpy()
     if progress is not None:
         progress(1.0)
-    info = InferenceInfo(model.name, str(dev), prec, state["bs"], n_win, n_win, None, state["oom"],
-                         time.perf_counter() - t_start, resampled)
+    info = InferenceInfo(
+        model.name,
+        str(dev),
+        prec,
+        state["bs"],
+        n_win,
+        n_win,
+        None,
+        state["oom"],
+        time.perf_counter() - t_start,
+        resampled,
+    )
     return np.ascontiguousarray(out, np.float32), info
 
 
 def synthesize(
-    model: Any,
-    inputs: Any,
+    model: ModelRef,
+    inputs: Inputs,
     device: str | torch.device = "auto",
     progress: ProgressCallback | None = None,
     *,
-    cancel: Any = None,
+    cancel: CancelToken = None,
     batch_size: int | str = "auto",
     precision: str | None = "auto",
     resample: bool = False,
@@ -742,17 +767,37 @@ def synthesize(
 
     Examples
     --------
+    A tiny pointwise network (``synthesize("t1_to_t2", t1_volume)`` runs a shipped bundle the same way):
+
     >>> import threading
-    >>> stop = threading.Event()
-    >>> out = synthesize("t1_to_t2", t1_volume, device="auto", progress=print, cancel=stop)  # doctest: +SKIP
+    >>> from pathlib import Path
+    >>> from napari_neurosynth.bundle import Model
+    >>> card = {"name": "x2", "inputs": ["t1"], "output": "t2", "slicing": {"plane": "axial", "context": 0},
+    ...         "normalization": {"method": "none"}}
+    >>> net = torch.nn.Conv2d(1, 1, 1, bias=False); _ = torch.nn.init.constant_(net.weight, 2.0)
+    >>> model = Model(card, net, Path("."), "x2")
+    >>> t1 = np.ones((20, 20, 3), np.float32)
+    >>> float(synthesize(model, t1, device="cpu", crop=False).max())
+    2.0
+    >>> stop = threading.Event(); stop.set()
+    >>> synthesize(model, t1, device="cpu", cancel=stop)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.CancelledError: synthesis cancelled after 0 of 3 slices
     """
-    out, _info = _run(model, inputs, device, progress, cancel, batch_size, precision, resample, crop,
-                      memory_budget, channels_last)
+    out, _info = _run(
+        model, inputs, device, progress, cancel, batch_size, precision, resample, crop, memory_budget, channels_last
+    )
     return out
 
 
-def synthesize_volume(model: Any, inputs: Any, device: str | torch.device = "auto",
-                      progress: ProgressCallback | None = None, **kwargs: Any) -> Volume:
+def synthesize_volume(
+    model: ModelRef,
+    inputs: Inputs,
+    device: str | torch.device = "auto",
+    progress: ProgressCallback | None = None,
+    **kwargs: Any,
+) -> Volume:
     """Like :func:`synthesize` but return a :class:`Volume` on the first input's grid with provenance.
 
     ``metadata`` holds ``modality`` (the card's output), ``model``, ``card`` (name,
@@ -760,11 +805,32 @@ def synthesize_volume(model: Any, inputs: Any, device: str | torch.device = "aut
     precision, batch size, slices computed, out-of-memory retries, seconds) and
     ``source_path`` of the first input when known. Keyword arguments are those of
     :func:`synthesize`.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from napari_neurosynth.bundle import Model
+    >>> card = {"name": "id", "inputs": ["t1"], "output": "t2", "slicing": {"plane": "axial", "context": 0}}
+    >>> model = Model(card, torch.nn.Identity(), Path("."), "id")
+    >>> vol = Volume(np.ones((16, 16, 4), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> out = synthesize_volume(model, vol, device="cpu")
+    >>> out.spacing, out.metadata["modality"], out.metadata["inference"]["slices_computed"]
+    ((2.0, 2.0, 3.0), 't2', 4)
     """
     model = as_model(model)
-    out, info = _run(model, inputs, device, progress, kwargs.pop("cancel", None), kwargs.pop("batch_size", "auto"),
-                     kwargs.pop("precision", "auto"), kwargs.pop("resample", False), kwargs.pop("crop", True),
-                     kwargs.pop("memory_budget", None), kwargs.pop("channels_last", None))
+    out, info = _run(
+        model,
+        inputs,
+        device,
+        progress,
+        kwargs.pop("cancel", None),
+        kwargs.pop("batch_size", "auto"),
+        kwargs.pop("precision", "auto"),
+        kwargs.pop("resample", False),
+        kwargs.pop("crop", True),
+        kwargs.pop("memory_budget", None),
+        kwargs.pop("channels_last", None),
+    )
     if kwargs:
         raise TypeError(f"unexpected argument(s): {', '.join(kwargs)}")
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
@@ -776,9 +842,13 @@ def synthesize_volume(model: Any, inputs: Any, device: str | torch.device = "aut
         "synthesized": True,
         "model": model.name,
         "card": {
-            "name": model.name, "task": card.get("task"), "inputs": list(card["inputs"]),
-            "output": card["output"], "architecture": (card.get("architecture") or {}).get("name"),
-            "version": card.get("version"), "phantom_only": bool(getattr(model, "phantom_only", False)),
+            "name": model.name,
+            "task": card.get("task"),
+            "inputs": list(card["inputs"]),
+            "output": card["output"],
+            "architecture": (card.get("architecture") or {}).get("name"),
+            "version": card.get("version"),
+            "phantom_only": bool(getattr(model, "phantom_only", False)),
         },
         "inference": info.as_dict(),
     }
@@ -790,8 +860,9 @@ def synthesize_volume(model: Any, inputs: Any, device: str | torch.device = "aut
 # --------------------------------------------------------------------------- the naive reference
 
 
-def reference_synthesize(model: Any, inputs: Any, resample: bool = False,
-                         device: str | torch.device = "cpu") -> np.ndarray:
+def reference_synthesize(
+    model: ModelRef, inputs: Inputs, resample: bool = False, device: str | torch.device = "cpu"
+) -> NDArray[np.float32]:
     """The naive baseline: one full slice at a time, fp32, on ``device`` (CPU by default).
 
     Written the way public research code runs a trained generator over a volume
@@ -805,25 +876,16 @@ def reference_synthesize(model: Any, inputs: Any, resample: bool = False,
     """
     model = as_model(model)
     volumes, _ = prepare_inputs(model, inputs, resample)
-    scales = input_scales(model, volumes)
-    slicing = model.card.get("slicing") or {}
-    axis = slice_axis(volumes[0].affine, slicing.get("plane", "axial"))
-    context = int(slicing.get("context", 0))
     dev = resolve_device(device)
     net = model.network if dev.type == "cpu" else copy.deepcopy(model.network).to(dev)
     net.eval()
-    divisor = int(getattr(net, "size_divisor", 1) or 1)
-    normalised = [np.moveaxis(v.data.astype(np.float32) / s, axis, 0) for v, s in zip(volumes, scales)]
-    n, H, W = normalised[0].shape
+    # The plan stays on the host and each slice is uploaded on its own, as a data loader would.
+    plan = SlicePlan.from_model(model, volumes, device="cpu")
+    n, (H, W) = plan.n_slices, plan.plane_shape
     out = np.zeros((n, H, W), np.float32)
     for s in range(n):
-        channels = []
-        for vol in normalised:
-            for off in range(-context, context + 1):
-                channels.append(vol[min(max(s + off, 0), n - 1)])
-        real = torch.from_numpy(np.stack(channels)[None].astype(np.float32)).to(dev)
-        real = F.pad(real, (0, (-W) % divisor, 0, (-H) % divisor))
+        real = plan.batch([s]).to(dev)  # one slice: normalised, with its 2.5-D context, padded
         with torch.no_grad():
             fake = net(real)
-        out[s] = fake[0, 0, :H, :W].cpu().numpy()
-    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
+        out[s] = plan.crop_output(fake)[0].cpu().numpy()
+    return plan.to_grid(out)

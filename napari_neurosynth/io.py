@@ -18,9 +18,11 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .errors import NeurosynthError
 
@@ -83,13 +85,23 @@ class Volume:
     >>> v = Volume(np.zeros((4, 5, 6), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
     >>> v.spacing
     (2.0, 2.0, 3.0)
+    >>> v.shape
+    (4, 5, 6)
     >>> v.world((1, 1, 1))
     array([2., 2., 3.])
+    >>> v.index([2.0, 2.0, 3.0])
+    array([1., 1., 1.])
+    >>> v.with_data(np.ones((4, 5, 6)), modality="t1").metadata
+    {'modality': 't1'}
+    >>> Volume(np.zeros((2, 2, 2)), np.eye(3))
+    Traceback (most recent call last):
+    ...
+    ValueError: affine must be 4x4, got (3, 3)
     """
 
-    data: np.ndarray
-    affine: np.ndarray
-    metadata: dict = field(default_factory=dict)
+    data: NDArray[Any]
+    affine: NDArray[np.float64]
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.affine = np.asarray(self.affine, dtype=np.float64)
@@ -99,22 +111,23 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along each array axis (norms of the affine's columns)."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        sx, sy, sz = (float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return sx, sy, sz
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
 
-    def with_data(self, data: np.ndarray, **metadata) -> "Volume":
+    def with_data(self, data: NDArray[Any], **metadata: Any) -> Volume:
         """A new volume on the same grid holding ``data``."""
         return Volume(data, self.affine.copy(), {**self.metadata, **metadata})
 
-    def world(self, index) -> np.ndarray:
+    def world(self, index: ArrayLike) -> NDArray[np.float64]:
         """RAS+ mm coordinates of array index/indices ``index`` (shape ``(..., 3)``)."""
         idx = np.asarray(index, dtype=np.float64)
         return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
 
-    def index(self, world) -> np.ndarray:
+    def index(self, world: ArrayLike) -> NDArray[np.float64]:
         """Continuous array indices of RAS+ mm point(s) ``world`` (shape ``(..., 3)``)."""
         inv = np.linalg.inv(self.affine)
         pts = np.asarray(world, dtype=np.float64)
@@ -129,6 +142,13 @@ def detect_format(path: str | os.PathLike) -> str | None:
 
     A folder counts as DICOM when it holds at least one DICOM file; a file without
     a known extension counts as DICOM when it carries the ``DICM`` preamble.
+
+    Examples
+    --------
+    >>> detect_format("sub-01_T1w.nii.gz"), detect_format("brain.MGZ"), detect_format("t2.mha")
+    ('nifti', 'mgh', 'metaimage')
+    >>> detect_format("notes.txt") is None
+    True
     """
     p = Path(path)
     if p.is_dir():
@@ -143,7 +163,13 @@ def detect_format(path: str | os.PathLike) -> str | None:
 
 
 def volume_name(path: str | os.PathLike) -> str:
-    """File name without its (possibly double) extension, e.g. ``t1`` for ``t1.nii.gz``."""
+    """File name without its (possibly double) extension, e.g. ``t1`` for ``t1.nii.gz``.
+
+    Examples
+    --------
+    >>> volume_name("data/sub-01/t1.nii.gz"), volume_name("dicom/series_3/"), volume_name("scan.nrrd")
+    ('t1', 'series_3', 'scan')
+    """
     p = Path(str(path).rstrip("/\\"))
     name = p.name
     lower = name.lower()
@@ -179,7 +205,7 @@ def _dicom_files_in(folder: Path, limit: int | None = None) -> list[Path]:
     return found
 
 
-def _sitk():
+def _sitk() -> ModuleType:
     import SimpleITK as sitk
 
     return sitk
@@ -203,12 +229,12 @@ def _first_line(exc: BaseException) -> str:
     return "; ".join(lines)[:200] or type(exc).__name__
 
 
-def _warn(metadata: dict, message: str) -> None:
+def _warn(metadata: dict[str, Any], message: str) -> None:
     metadata.setdefault("warnings", []).append(message)
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _storage_dtype(data: np.ndarray) -> np.ndarray:
+def _storage_dtype(data: NDArray[Any]) -> NDArray[Any]:
     """float -> float32, bool -> uint8, 64-bit integers -> 32-bit when the values fit."""
     if data.dtype == np.bool_:
         return data.astype(np.uint8)
@@ -221,7 +247,7 @@ def _storage_dtype(data: np.ndarray) -> np.ndarray:
     return data
 
 
-def _to_3d(data: np.ndarray, metadata: dict, path: Path) -> np.ndarray:
+def _to_3d(data: NDArray[Any], metadata: dict[str, Any], path: Path) -> NDArray[Any]:
     """Refuse 2-D images, take the first volume of 4-D series, check for NaN/Inf."""
     # trailing singleton axes (NIfTI 4-D with one volume, (x, y, z, 1, 1)) carry nothing
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -252,7 +278,7 @@ def _to_3d(data: np.ndarray, metadata: dict, path: Path) -> np.ndarray:
     return data
 
 
-def check_finite(volume: Volume | np.ndarray, what: str | None = None) -> None:
+def check_finite(volume: Volume | NDArray[Any], what: str | None = None) -> None:
     """Raise :class:`NeurosynthError` when ``volume`` holds NaN or Inf voxels.
 
     Reading a volume with NaN/Inf succeeds (the voxels are recorded in
@@ -266,7 +292,12 @@ def check_finite(volume: Volume | np.ndarray, what: str | None = None) -> None:
     >>> check_finite(np.array([1.0, np.nan]), "t1")
     Traceback (most recent call last):
     ...
-    napari_neurosynth.errors.NeurosynthError: t1 has 1 NaN/Inf voxel(s); replace them (e.g. numpy.nan_to_num) before using it
+    napari_neurosynth.errors.NeurosynthError: t1 has 1 NaN/Inf voxel(s); replace them (e.g. numpy.nan_to_num) ...
+    >>> bad = Volume(np.full((2, 2, 2), np.inf), np.eye(4), {"source_path": "/data/flair.nii.gz"})
+    >>> check_finite(bad)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: flair.nii.gz has 8 NaN/Inf voxel(s); replace them ...
     """
     data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
     if what is None:
@@ -283,11 +314,25 @@ def check_finite(volume: Volume | np.ndarray, what: str | None = None) -> None:
 # --------------------------------------------------------------------------- SimpleITK bridge
 
 
-def sitk_to_volume(image: "sitk.Image", metadata: dict | None = None, path: str | os.PathLike | None = None) -> Volume:
+def sitk_to_volume(
+    image: sitk.Image, metadata: dict[str, Any] | None = None, path: str | os.PathLike[str] | None = None
+) -> Volume:
     """Convert a SimpleITK image to a :class:`Volume` in (x, y, z) index order and RAS+.
 
     4-D images keep their first volume and vector images their first component
     (with a warning); 2-D images are refused.
+
+    Examples
+    --------
+    >>> import SimpleITK as sitk
+    >>> image = sitk.Image(4, 3, 2, sitk.sitkFloat32)   # x, y, z
+    >>> image.SetSpacing((1.0, 2.0, 3.0))
+    >>> image.SetOrigin((10.0, 20.0, 30.0))   # LPS millimetres
+    >>> vol = sitk_to_volume(image)
+    >>> vol.shape, vol.spacing
+    ((4, 3, 2), (1.0, 2.0, 3.0))
+    >>> vol.world((0, 0, 0))   # RAS+: x and y flip sign
+    array([-10., -20.,  30.])
     """
     sitk = _sitk()
     metadata = dict(metadata or {})
@@ -302,7 +347,7 @@ def sitk_to_volume(image: "sitk.Image", metadata: dict | None = None, path: str 
         size = list(image.GetSize())
         metadata["original_shape"] = tuple(size)
         _warn(metadata, f"{p.name} is a 4-D series of {size[3]} volumes; using only the first volume")
-        image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+        image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
     elif dim != 3:
         raise NeurosynthError(f"{p.name} has {dim} dimensions; only 3-D volumes are supported")
     if image.GetNumberOfComponentsPerPixel() > 1:
@@ -322,11 +367,26 @@ def sitk_to_volume(image: "sitk.Image", metadata: dict | None = None, path: str 
     return Volume(data, affine, metadata)
 
 
-def volume_to_sitk(volume: Volume) -> "sitk.Image":
+def volume_to_sitk(volume: Volume) -> sitk.Image:
     """Convert a :class:`Volume` to a SimpleITK image (LPS geometry, (z, y, x) array order).
 
     Raises :class:`NeurosynthError` when the affine has shear, which ITK's
     spacing + direction + origin model cannot represent.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> affine = np.diag([1.0, 2.0, 3.0, 1.0]); affine[:3, 3] = (-10.0, -20.0, 30.0)
+    >>> image = volume_to_sitk(Volume(np.zeros((4, 3, 2), np.float32), affine))
+    >>> image.GetSize(), image.GetSpacing(), image.GetOrigin()
+    ((4, 3, 2), (1.0, 2.0, 3.0), (10.0, 20.0, 30.0))
+    >>> bool(np.allclose(sitk_to_volume(image).affine, affine))
+    True
+    >>> sheared = np.eye(4); sheared[0, 1] = 0.5
+    >>> volume_to_sitk(Volume(np.zeros((2, 2, 2)), sheared))
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: the volume's affine has shear, which ITK ...
     """
     sitk = _sitk()
     data = np.asarray(volume.data)
@@ -355,7 +415,7 @@ def volume_to_sitk(volume: Volume) -> "sitk.Image":
 # --------------------------------------------------------------------------- reading
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def read_volume(path: str | os.PathLike[str]) -> Volume:
     """Read a 3-D medical volume with its geometry.
 
     Parameters
@@ -386,9 +446,27 @@ def read_volume(path: str | os.PathLike) -> Volume:
 
     Examples
     --------
-    >>> vol = read_volume("t1.nii.gz")  # doctest: +SKIP
-    >>> vol.shape, vol.spacing  # doctest: +SKIP
-    ((61, 73, 61), (3.0, 3.0, 3.0))
+    A round trip through a temporary NIfTI file keeps data and geometry:
+
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> vol = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> back = read_volume(write_volume(vol, folder / "t1.nii.gz"))
+    >>> back.shape, back.spacing, back.metadata["format"], back.metadata["warnings"]
+    ((2, 3, 4), (2.0, 2.0, 3.0), 'nifti', [])
+    >>> bool(np.array_equal(back.data, vol.data)), same_grid(back, vol)
+    (True, True)
+
+    MetaImage goes through SimpleITK (LPS) and reads back on the same RAS+ grid:
+
+    >>> mha = read_volume(write_volume(vol, folder / "t1.mha"))
+    >>> bool(np.array_equal(mha.data, vol.data)), same_grid(mha, vol)
+    (True, True)
+    >>> read_volume(folder / "missing.nii.gz")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: file not found: ...missing.nii.gz
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -421,10 +499,11 @@ def read_volume(path: str | os.PathLike) -> Volume:
     return vol
 
 
-def _read_nibabel(p: Path, metadata: dict) -> Volume:
+def _read_nibabel(p: Path, metadata: dict[str, Any]) -> Volume:
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
 
-    img = nib.load(str(p), mmap=False)
+    img = cast(SpatialImage, nib.load(str(p), mmap=False))
     # dataobj applies scl_slope/intercept; integer files without scaling stay integer
     data = np.asanyarray(img.dataobj)
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -432,7 +511,7 @@ def _read_nibabel(p: Path, metadata: dict) -> Volume:
     return Volume(data, affine, metadata)
 
 
-def _read_dicom(p: Path, metadata: dict) -> Volume:
+def _read_dicom(p: Path, metadata: dict[str, Any]) -> Volume:
     sitk = _sitk()
     if p.is_dir():
         folder, wanted_uid = p, None
@@ -447,9 +526,7 @@ def _read_dicom(p: Path, metadata: dict) -> Volume:
         if p.is_dir():
             raise NeurosynthError(f"no readable DICOM series in folder {p}; open a folder holding one DICOM series")
         series_ids = []
-    files_by_series = {
-        uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in series_ids
-    }
+    files_by_series = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in series_ids}
     if p.is_file():
         files = files_by_series.get(wanted_uid or "", [])
         if len(files) > 1 and p.resolve() in {Path(f).resolve() for f in files}:
@@ -491,7 +568,7 @@ def _read_dicom(p: Path, metadata: dict) -> Volume:
 # --------------------------------------------------------------------------- writing
 
 
-def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
+def write_volume(volume: Volume, path: str | os.PathLike[str]) -> Path:
     """Write ``volume`` with its geometry; the format follows the extension.
 
     Parameters
@@ -516,10 +593,18 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
 
     Examples
     --------
+    >>> import pathlib, tempfile
     >>> import numpy as np
-    >>> vol = Volume(np.zeros((4, 4, 4), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
-    >>> write_volume(vol, "out.nii.gz")  # doctest: +SKIP
-    PosixPath('out.nii.gz')
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> labels = Volume(np.zeros((4, 4, 4), bool), np.diag([1.0, 1.0, 2.0, 1.0]))
+    >>> write_volume(labels, folder / "out" / "mask.nii.gz").relative_to(folder)
+    PosixPath('out/mask.nii.gz')
+    >>> read_volume(folder / "out" / "mask.nii.gz").data.dtype   # booleans are stored as uint8
+    dtype('uint8')
+    >>> write_volume(labels, folder / "mask.png")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: cannot write mask.png: choose one of .nii.gz, ... (DICOM ...)
     """
     p = Path(path).expanduser()
     fmt = detect_format(p) if not p.is_dir() else "dicom"
@@ -572,6 +657,8 @@ def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
     >>> a = Volume(np.zeros((2, 3, 4)), np.eye(4))
     >>> same_grid(a, a.with_data(np.ones((2, 3, 4))))
     True
+    >>> same_grid(a, Volume(np.zeros((2, 3, 4)), np.diag([1.0, 1.0, 2.0, 1.0])))
+    False
     """
     return tuple(a.shape[:3]) == tuple(b.shape[:3]) and bool(np.allclose(a.affine, b.affine, atol=atol, rtol=0))
 
@@ -601,8 +688,12 @@ def resample_to(volume: Volume, reference: Volume, interpolation: str = "linear"
     >>> src = Volume(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.diag([2.0, 2.0, 2.0, 1.0]))
     >>> ref = Volume(np.zeros((8, 8, 8)), np.diag([1.0, 1.0, 1.0, 1.0]))
     >>> out = resample_to(src, ref)
-    >>> out.shape, same_grid(out, ref)
-    ((8, 8, 8), True)
+    >>> out.shape, same_grid(out, ref), out.data.dtype
+    ((8, 8, 8), True, dtype('float32'))
+    >>> labels = src.with_data((src.data > 31).astype(np.uint8))
+    >>> nearest = resample_to(labels, ref, interpolation="nearest")
+    >>> nearest.data.dtype, sorted(np.unique(nearest.data).tolist())
+    (dtype('uint8'), [0, 1])
     """
     sitk = _sitk()
     modes = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}

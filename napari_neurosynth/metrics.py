@@ -18,42 +18,131 @@ use_sample_covariance=False)`` exactly, and a test checks the agreement.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypedDict, cast
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import fft as sp_fft
 from scipy import ndimage as ndi
 
 from .errors import NeurosynthError
 
-ArrayOrVolume = Union[np.ndarray, Any]  # numpy array or napari_neurosynth.io.Volume
+if TYPE_CHECKING:
+    from .io import Volume
+
+#: A volume: a 3-D numpy array, or a :class:`~napari_neurosynth.io.Volume` (with its affine).
+ArrayOrVolume: TypeAlias = "NDArray[np.generic] | Volume"
+#: A boolean / label mask as numpy array.
+Mask: TypeAlias = NDArray[np.bool_]
+FloatArray: TypeAlias = NDArray[np.floating]
 
 #: Gaussian window of SSIM (Wang et al. 2004; scikit-image's gaussian_weights=True).
 SSIM_SIGMA = 1.5
 #: The filter radius is ``int(truncate * sigma + 0.5)`` = 5 voxels: an 11-tap window.
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+#: MAD -> standard deviation for Gaussian noise.
+MAD_TO_SD = 1.4826
+#: The ``normalize`` default of :func:`evaluate`,
+#: :func:`~napari_neurosynth.explain.difference_map` and
+#: :func:`~napari_neurosynth.explain.lesion_fidelity`: a synthesis comes out in the
+#: model's normalised units while the acquired image is in scanner units, so the
+#: call a user makes first (``evaluate(synth, acquired)``) must put both on one scale.
+#: Pass ``normalize=False`` for two volumes already in one unit (training's validation).
+NORMALIZE_DEFAULT = True
 
 __all__ = [
-    "evaluate",
-    "psnr",
-    "ssim",
-    "ssim_map",
-    "mae",
-    "nmse",
-    "kspace_band_errors",
+    "MAD_TO_SD",
+    "NORMALIZE_DEFAULT",
+    "ArrayOrVolume",
+    "EvaluateResult",
+    "KspaceBand",
+    "RegionMetrics",
     "as_array",
     "check_same_grid",
+    "dice",
+    "evaluate",
+    "export_result",
+    "kspace_band_errors",
+    "mae",
+    "nmse",
+    "psnr",
+    "result_rows",
+    "robust_sigma",
+    "roc_auc",
+    "ssim",
+    "ssim_map",
 ]
+
+
+#: The four similarity metrics, per region.
+_METRIC_KEYS: tuple[Literal["psnr", "ssim", "mae", "nmse"], ...] = ("psnr", "ssim", "mae", "nmse")
+
+
+class RegionMetrics(TypedDict):
+    """One row of :func:`evaluate`'s ``regions``."""
+
+    psnr: float
+    ssim: float
+    mae: float
+    nmse: float
+    data_range: float
+    n_voxels: int
+
+
+class KspaceBand(TypedDict):
+    """One radial band of :func:`kspace_band_errors`."""
+
+    band: int
+    low: float
+    high: float
+    rel_error: float
+    target_energy: float
+    n_coefficients: int
+
+
+class _EvaluateRequired(TypedDict):
+    psnr: float
+    ssim: float
+    mae: float
+    nmse: float
+    regions: dict[str, RegionMetrics]
+    kspace: list[KspaceBand]
+    spacing: tuple[float, float, float]
+    normalized: bool
+
+
+class EvaluateResult(_EvaluateRequired, total=False):
+    """What :func:`evaluate` returns (a plain dict at run time); the region keys only with their mask."""
+
+    psnr_brain: float
+    ssim_brain: float
+    mae_brain: float
+    nmse_brain: float
+    psnr_lesion: float
+    ssim_lesion: float
+    mae_lesion: float
+    nmse_lesion: float
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def as_array(x: ArrayOrVolume, name: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+def as_array(x: ArrayOrVolume | None, name: str = "image") -> tuple[NDArray[np.generic], NDArray[np.float64] | None]:
     """Return ``(data, affine)`` for a Volume, or ``(array, None)`` for an array.
 
     Raises :class:`NeurosynthError` unless the data is a finite 3-D array.
+
+    Examples
+    --------
+    >>> data, affine = as_array(np.zeros((2, 3, 4)))
+    >>> data.shape, affine
+    ((2, 3, 4), None)
+    >>> as_array(np.zeros((2, 3)), "mask")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: mask must be a 3-D volume, got 2-D shape (2, 3)
     """
     if x is None:
         raise NeurosynthError(f"{name} is missing")
@@ -76,6 +165,14 @@ def check_same_grid(a: ArrayOrVolume, b: ArrayOrVolume, names: tuple[str, str] =
 
     Shapes must be equal; when both carry an affine (Volumes), the affines must
     agree to 1e-3 mm (:func:`napari_neurosynth.io.same_grid`).
+
+    Examples
+    --------
+    >>> check_same_grid(np.zeros((4, 4, 4)), np.ones((4, 4, 4)))
+    >>> check_same_grid(np.zeros((4, 4, 4)), np.ones((4, 4, 5)))
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: synth and target are on different grids (shapes (4, 4, 4) vs (4, 4, 5))...
     """
     da, aa = as_array(a, names[0])
     db, ab = as_array(b, names[1])
@@ -95,7 +192,7 @@ def check_same_grid(a: ArrayOrVolume, b: ArrayOrVolume, names: tuple[str, str] =
             )
 
 
-def _mask(m: ArrayOrVolume | None, ref: ArrayOrVolume, name: str) -> np.ndarray | None:
+def _mask(m: ArrayOrVolume | None, ref: ArrayOrVolume, name: str) -> Mask | None:
     if m is None:
         return None
     check_same_grid(m, ref, (name, "target"))
@@ -105,7 +202,9 @@ def _mask(m: ArrayOrVolume | None, ref: ArrayOrVolume, name: str) -> np.ndarray 
     return mask
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def _normalize(x: NDArray[np.generic]) -> NDArray[np.float64]:
+    """The normalisation of ``normalize=True``: the package's default
+    (:data:`~napari_neurosynth.preprocessing.DEFAULT_NORMALIZATION`), the same for both images."""
     from .preprocessing import normalize_intensity
 
     return normalize_intensity(x).astype(np.float64)
@@ -114,8 +213,14 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- metrics
 
 
-def data_range_of(target: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """``max - min`` of the target (inside ``mask`` when given): PSNR/SSIM's data range."""
+def data_range_of(target: NDArray[np.generic], mask: Mask | None = None) -> float:
+    """``max - min`` of the target (inside ``mask`` when given): PSNR/SSIM's data range.
+
+    Examples
+    --------
+    >>> data_range_of(np.array([[[1.0, 3.0], [2.0, 7.0]]]))
+    6.0
+    """
     vals = target[mask] if mask is not None else target
     rng = float(np.max(vals) - np.min(vals))
     if rng <= 0:
@@ -123,7 +228,9 @@ def data_range_of(target: np.ndarray, mask: np.ndarray | None = None) -> float:
     return rng
 
 
-def psnr(synth: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, data_range: float | None = None) -> float:
+def psnr(
+    synth: NDArray[np.generic], target: NDArray[np.generic], mask: Mask | None = None, data_range: float | None = None
+) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(R^2 / MSE)``.
 
     ``R`` defaults to ``target.max() - target.min()`` inside ``mask``; the MSE is
@@ -142,10 +249,20 @@ def psnr(synth: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, 
     return float("inf") if mse == 0 else float(10.0 * np.log10(R * R / mse))
 
 
-def ssim_map(synth: np.ndarray, target: np.ndarray, data_range: float) -> np.ndarray:
-    """The local SSIM map (3-D Gaussian window, sigma 1.5, population covariances)."""
+def ssim_map(synth: NDArray[np.generic], target: NDArray[np.generic], data_range: float) -> NDArray[np.float64]:
+    """The local SSIM map (3-D Gaussian window, sigma 1.5, population covariances).
+
+    Examples
+    --------
+    >>> t = np.random.default_rng(0).random((12, 12, 12))
+    >>> float(ssim_map(t, t, 1.0).min())
+    1.0
+    """
     s, t = np.asarray(synth, np.float64), np.asarray(target, np.float64)
-    f = lambda x: ndi.gaussian_filter(x, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")  # noqa: E731
+
+    def f(x: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(ndi.gaussian_filter(x, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect"), np.float64)
+
     ux, uy = f(s), f(t)
     vx = f(s * s) - ux * ux
     vy = f(t * t) - uy * uy
@@ -154,13 +271,21 @@ def ssim_map(synth: np.ndarray, target: np.ndarray, data_range: float) -> np.nda
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
 
 
-def ssim(synth: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, data_range: float | None = None) -> float:
+def ssim(
+    synth: NDArray[np.generic], target: NDArray[np.generic], mask: Mask | None = None, data_range: float | None = None
+) -> float:
     """Mean structural similarity.
 
     Without a mask: the mean of the SSIM map after cropping the filter radius
     (5 voxels) at each border, exactly like scikit-image. With a mask: the mean
     of the (uncropped) SSIM map inside the mask. ``data_range`` defaults to the
     target's ``max - min`` inside ``mask``.
+
+    Examples
+    --------
+    >>> t = np.random.default_rng(0).random((16, 16, 16))
+    >>> ssim(t, t), round(ssim(t, 1 - t), 2)
+    (1.0, -0.98)
     """
     t = np.asarray(target, np.float64)
     R = data_range_of(t, mask) if data_range is None else float(data_range)
@@ -173,14 +298,26 @@ def ssim(synth: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, 
     return float(smap[tuple(slice(pad, -pad) for _ in smap.shape)].mean())
 
 
-def mae(synth: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean absolute error (inside ``mask`` when given), in the images' units."""
+def mae(synth: NDArray[np.generic], target: NDArray[np.generic], mask: Mask | None = None) -> float:
+    """Mean absolute error (inside ``mask`` when given), in the images' units.
+
+    Examples
+    --------
+    >>> mae(np.full((2, 2, 2), 3.0), np.full((2, 2, 2), 1.0))
+    2.0
+    """
     d = np.abs(np.asarray(synth, np.float64) - np.asarray(target, np.float64))
     return float(d[mask].mean() if mask is not None else d.mean())
 
 
-def nmse(synth: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Normalised MSE ``||s - t||^2 / ||t||^2`` (inside ``mask`` when given)."""
+def nmse(synth: NDArray[np.generic], target: NDArray[np.generic], mask: Mask | None = None) -> float:
+    """Normalised MSE ``||s - t||^2 / ||t||^2`` (inside ``mask`` when given).
+
+    Examples
+    --------
+    >>> nmse(np.full((2, 2, 2), 1.5), np.full((2, 2, 2), 1.0))
+    0.25
+    """
     s, t = np.asarray(synth, np.float64), np.asarray(target, np.float64)
     if mask is not None:
         s, t = s[mask], t[mask]
@@ -191,12 +328,12 @@ def nmse(synth: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) 
 
 
 def kspace_band_errors(
-    synth: np.ndarray,
-    target: np.ndarray,
+    synth: NDArray[np.generic],
+    target: NDArray[np.generic],
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     n_bands: int = 8,
-    mask: np.ndarray | None = None,
-) -> list[dict]:
+    mask: Mask | None = None,
+) -> list[KspaceBand]:
     """Relative error per radial band of the 3-D Fourier transform.
 
     Both volumes are transformed (after zeroing outside ``mask``, when given, so
@@ -237,7 +374,7 @@ def kspace_band_errors(
     tgt_b = np.bincount(band.ravel(), weights=tgt2.ravel(), minlength=n_bands)
     cnt_b = np.bincount(band.ravel(), minlength=n_bands)
     total = float(tgt_b.sum()) or 1.0
-    out = []
+    out: list[KspaceBand] = []
     for i in range(n_bands):
         high = float(radius.max()) if i == n_bands - 1 else float(edges[i + 1])
         rel = float(np.sqrt(err_b[i] / tgt_b[i])) if tgt_b[i] > 0 else (0.0 if err_b[i] == 0 else float("inf"))
@@ -254,7 +391,9 @@ def kspace_band_errors(
     return out
 
 
-def _region_metrics(s: np.ndarray, t: np.ndarray, mask: np.ndarray | None, data_range: float, smap: np.ndarray) -> dict:
+def _region_metrics(
+    s: NDArray[np.float64], t: NDArray[np.float64], mask: Mask | None, data_range: float, smap: NDArray[np.float64]
+) -> RegionMetrics:
     if mask is None:
         pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
         inner = tuple(slice(pad, -pad) if n > 2 * pad else slice(None) for n in smap.shape)
@@ -274,13 +413,13 @@ def _region_metrics(s: np.ndarray, t: np.ndarray, mask: np.ndarray | None, data_
 def evaluate(
     synth: ArrayOrVolume,
     target: ArrayOrVolume,
+    *,
     mask: ArrayOrVolume | None = None,
     lesion: ArrayOrVolume | None = None,
-    *,
-    normalize: bool = False,
+    normalize: bool = NORMALIZE_DEFAULT,
     n_bands: int = 8,
     kspace: bool = True,
-) -> dict:
+) -> EvaluateResult:
     """Compare a synthesized volume with the acquired target.
 
     Metrics, each computed globally, inside the brain ``mask`` and inside the
@@ -306,14 +445,16 @@ def evaluate(
     synth, target : numpy.ndarray or Volume
         The synthesized and acquired volumes, on the same grid.
     mask : array or Volume, optional
-        Brain mask (nonzero = brain).
+        Brain mask (nonzero = brain). Keyword-only, like ``lesion``.
     lesion : array or Volume, optional
         Lesion mask or label volume (nonzero = lesion).
     normalize : bool
         Put both volumes through
-        :func:`napari_neurosynth.preprocessing.normalize_intensity` first (99.5th
-        foreground percentile -> 1.0), so an acquired image in scanner units can
-        be compared with a synthesis in normalised units.
+        :func:`napari_neurosynth.preprocessing.normalize_intensity` first (the
+        package's default normalisation, each image by its own scale), so an acquired image in scanner units can
+        be compared with a synthesis in normalised units. Default True
+        (:data:`NORMALIZE_DEFAULT`, shared with the difference map and lesion
+        fidelity); pass False for two volumes already in one unit.
     n_bands : int
         Number of radial k-space bands for the error profile.
     kspace : bool
@@ -322,8 +463,8 @@ def evaluate(
 
     Returns
     -------
-    dict
-        ``psnr``, ``ssim``, ``mae``, ``nmse`` (global); ``psnr_brain`` ...
+    EvaluateResult
+        A dict: ``psnr``, ``ssim``, ``mae``, ``nmse`` (global); ``psnr_brain`` ...
         ``nmse_brain`` and ``psnr_lesion`` ... ``nmse_lesion`` when the masks are
         given; ``regions`` mapping ``"global"``, ``"brain"``, ``"lesion"`` to dicts
         of the four metrics plus ``data_range`` and ``n_voxels``; ``kspace``: the
@@ -341,18 +482,25 @@ def evaluate(
     >>> r = evaluate(t, t)
     >>> r["psnr"], r["ssim"], r["mae"]
     (inf, 1.0, 0.0)
+    >>> brain = np.zeros(t.shape, bool); brain[4:12, 4:12, 4:12] = True
+    >>> r = evaluate(t + 0.01, t, mask=brain, normalize=False, kspace=False)
+    >>> sorted(r["regions"]), round(r["mae_brain"], 6)
+    (['brain', 'global'], 0.01)
     """
     check_same_grid(synth, target)
-    s, s_aff = as_array(synth, "synth")
-    t, t_aff = as_array(target, "target")
+    s_raw, s_aff = as_array(synth, "synth")
+    t_raw, t_aff = as_array(target, "target")
     brain = _mask(mask, target, "brain mask")
     les = _mask(lesion, target, "lesion mask")
-    s = s.astype(np.float64)
-    t = t.astype(np.float64)
+    s = s_raw.astype(np.float64)
+    t = t_raw.astype(np.float64)
     if normalize:
         s, t = _normalize(s), _normalize(t)
     aff = t_aff if t_aff is not None else s_aff
-    spacing = tuple(float(x) for x in np.linalg.norm(aff[:3, :3], axis=0)) if aff is not None else (1.0, 1.0, 1.0)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    if aff is not None:
+        sx, sy, sz = (float(x) for x in np.linalg.norm(aff[:3, :3], axis=0))
+        spacing = (sx, sy, sz)
 
     r_global = data_range_of(t)
     r_brain = data_range_of(t, brain) if brain is not None else r_global
@@ -360,19 +508,133 @@ def evaluate(
     if r_brain not in smaps:
         smaps[r_brain] = ssim_map(s, t, r_brain)
 
-    regions = {"global": _region_metrics(s, t, None, r_global, smaps[r_global])}
+    regions: dict[str, RegionMetrics] = {"global": _region_metrics(s, t, None, r_global, smaps[r_global])}
     if brain is not None:
         regions["brain"] = _region_metrics(s, t, brain, r_brain, smaps[r_brain])
     if les is not None:
         regions["lesion"] = _region_metrics(s, t, les, r_brain, smaps[r_brain])
 
-    out: dict = {k: regions["global"][k] for k in ("psnr", "ssim", "mae", "nmse")}
+    out: dict[str, object] = {k: regions["global"][k] for k in _METRIC_KEYS}
     for name in ("brain", "lesion"):
         if name in regions:
-            for k in ("psnr", "ssim", "mae", "nmse"):
-                out[f"{k}_{name}"] = regions[name][k]
-    out["regions"] = regions
-    out["kspace"] = kspace_band_errors(s, t, spacing, n_bands, brain) if kspace else []
-    out["spacing"] = spacing
-    out["normalized"] = bool(normalize)
-    return out
+            out.update({f"{k}_{name}": regions[name][k] for k in _METRIC_KEYS})
+    out.update(
+        regions=regions,
+        kspace=kspace_band_errors(s, t, spacing, n_bands, brain) if kspace else [],
+        spacing=spacing,
+        normalized=bool(normalize),
+    )
+    return cast(EvaluateResult, out)
+
+
+# --------------------------------------------------------------------------- robust statistics, detection, overlap
+
+
+def robust_sigma(x: NDArray[np.generic]) -> tuple[float, float]:
+    """``(median, 1.4826 * MAD)`` of ``x``: a centre and spread that ignore outliers.
+
+    Examples
+    --------
+    >>> robust_sigma(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    (3.0, 1.4826)
+    """
+    v = np.asarray(x, np.float64)
+    med = float(np.median(v))
+    return med, float(MAD_TO_SD * np.median(np.abs(v - med)))
+
+
+def roc_auc(scores: NDArray[np.generic], positive: NDArray[np.generic]) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean labels ``positive``.
+
+    The Mann-Whitney U statistic with mid-ranks for ties
+    (:func:`scipy.stats.rankdata`): the probability that a random positive
+    scores above a random negative.
+
+    Examples
+    --------
+    >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
+    0.75
+    """
+    from scipy.stats import rankdata
+
+    sc, pos = np.asarray(scores, float).ravel(), np.asarray(positive, bool).ravel()
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        raise NeurosynthError("ROC AUC needs both positive and negative voxels")
+    ranks = rankdata(sc)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def dice(a: NDArray[np.generic], b: NDArray[np.generic]) -> float:
+    """Dice overlap ``2|A & B| / (|A| + |B|)`` of two masks (1.0 when both are empty).
+
+    Examples
+    --------
+    >>> dice(np.array([1, 1, 0, 0]), np.array([0, 1, 1, 0]))
+    0.5
+    """
+    ma, mb = np.asarray(a) != 0, np.asarray(b) != 0
+    den = int(ma.sum() + mb.sum())
+    return 1.0 if den == 0 else float(2 * np.logical_and(ma, mb).sum() / den)
+
+
+# --------------------------------------------------------------------------- export
+
+#: Columns of :func:`result_rows` (the CSV of ``neurosynth evaluate --csv``).
+RESULT_COLUMNS = (
+    "kind", "name", "n_voxels", "psnr", "ssim", "mae", "nmse", "data_range",
+    "band", "low_cycles_per_mm", "high_cycles_per_mm", "rel_error", "target_energy",
+)  # fmt: skip
+
+
+def result_rows(result: EvaluateResult) -> list[dict[str, object]]:
+    """:func:`evaluate`'s result as flat rows: one per region (``kind="region"``), one per k-space band.
+
+    Examples
+    --------
+    >>> t = np.random.default_rng(0).random((16, 16, 16))
+    >>> rows = result_rows(evaluate(t, t, n_bands=2))
+    >>> [(r["kind"], r["name"]) for r in rows]
+    [('region', 'global'), ('kspace', 'band 0'), ('kspace', 'band 1')]
+    """
+    rows: list[dict[str, object]] = []
+    for name, r in result["regions"].items():
+        rows.append({"kind": "region", "name": name, **{k: r[k] for k in _METRIC_KEYS}, "n_voxels": r["n_voxels"],
+                     "data_range": r["data_range"]})  # fmt: skip
+    for b in result.get("kspace", []):
+        rows.append(
+            {
+                "kind": "kspace",
+                "name": f"band {b['band']}",
+                "band": b["band"],
+                "low_cycles_per_mm": b["low"],
+                "high_cycles_per_mm": b["high"],
+                "rel_error": b["rel_error"],
+                "target_energy": b["target_energy"],
+            }
+        )
+    return rows
+
+
+def export_result(result: EvaluateResult, path: str | Path, **extra: object) -> Path:
+    """Write :func:`evaluate`'s result: ``.json`` gets everything (plus ``extra``), any other suffix the
+    :func:`result_rows` as CSV.
+
+    Non-finite numbers follow :mod:`napari_neurosynth.export`'s one rule: ``null`` in
+    JSON, an empty cell in CSV (so the PSNR of identical images, ``inf``, is ``null``).
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> t = np.random.default_rng(0).random((16, 16, 16))
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "m.json"
+    >>> json.loads(export_result(evaluate(t, t, kspace=False), out).read_text())["psnr"] is None
+    True
+    """
+    from .export import write_csv, write_json
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return write_json({**result, **extra}, path)
+    write_csv(result_rows(result), path, RESULT_COLUMNS)
+    return path

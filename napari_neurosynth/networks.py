@@ -47,7 +47,7 @@ torch.Size([1, 1, 32, 32])
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -73,25 +73,57 @@ __all__ = [
     "warp_groups",
 ]
 
-_ACT = ("leakyrelu", {"negative_slope": 0.2, "inplace": True})
-_RELU = ("relu", {"inplace": True})
-_NORM = ("instance", {"affine": True})
+#: A MONAI layer argument: ``(name, keyword arguments)``, or None for no layer.
+LayerSpec: TypeAlias = "tuple[str, dict[str, Any]] | None"
+
+_ACT: LayerSpec = ("leakyrelu", {"negative_slope": 0.2, "inplace": True})
+_RELU: LayerSpec = ("relu", {"inplace": True})
+_NORM: LayerSpec = ("instance", {"affine": True})
+#: Normalisation layers a generator may use (card argument ``norm``). ``"instance"``
+#: (the default, so older cards load unchanged) normalises every slice by its own
+#: statistics, so a voxel's output depends on how much background the slice holds;
+#: ``"batch"`` uses running statistics at inference and ``"none"`` has no layer, so
+#: with either the output is a local function of the input (crop-invariant).
+NORMS: dict[str, LayerSpec] = {"instance": _NORM, "batch": ("batch", {}), "none": None}
 _FINAL = ("none", "softplus", "relu")
 
 
-def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, act=_RELU, norm=_NORM, padding=None) -> Convolution:
+def _conv(
+    cin: int,
+    cout: int,
+    k: int = 3,
+    stride: int = 1,
+    act: LayerSpec = _RELU,
+    norm: LayerSpec = _NORM,
+    padding: int | None = None,
+) -> Convolution:
     """Conv2d -> InstanceNorm -> activation (MONAI's ADN ordering)."""
     return Convolution(
-        spatial_dims=2, in_channels=cin, out_channels=cout, kernel_size=k, strides=stride,
-        act=act, norm=norm, padding=padding, adn_ordering="NDA",
+        spatial_dims=2,
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=k,
+        strides=stride,
+        act=act,
+        norm=norm,
+        padding=padding,
+        adn_ordering="NDA",
     )
 
 
-def _reflect_conv(cin: int, cout: int, k: int, act=_RELU, norm=_NORM, conv_only: bool = False) -> nn.Sequential:
+def _reflect_conv(
+    cin: int, cout: int, k: int, act: LayerSpec = _RELU, norm: LayerSpec = _NORM, conv_only: bool = False
+) -> nn.Sequential:
     """Reflection padding then an unpadded convolution, as in CycleGAN (fewer border artefacts)."""
     conv = Convolution(
-        spatial_dims=2, in_channels=cin, out_channels=cout, kernel_size=k, padding=0,
-        act=act, norm=norm, conv_only=conv_only,
+        spatial_dims=2,
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=k,
+        padding=0,
+        act=act,
+        norm=norm,
+        conv_only=conv_only,
     )
     return nn.Sequential(nn.ReflectionPad2d(k // 2), conv)
 
@@ -99,22 +131,38 @@ def _reflect_conv(cin: int, cout: int, k: int, act=_RELU, norm=_NORM, conv_only:
 class _Up(nn.Sequential):
     """Bilinear x2 upsampling followed by conv-norm-act."""
 
-    def __init__(self, cin: int, cout: int, act=_RELU):
-        super().__init__(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv(cin, cout, act=act))
+    def __init__(self, cin: int, cout: int, act: LayerSpec = _RELU, norm: LayerSpec = _NORM) -> None:
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv(cin, cout, act=act, norm=norm)
+        )
 
 
 class ResidualBlock(nn.Module):
-    """CycleGAN residual block: x + IN(conv(ReLU(IN(conv(x))))), reflection padded."""
+    """CycleGAN residual block: x + IN(conv(ReLU(IN(conv(x))))), reflection padded.
 
-    def __init__(self, channels: int):
+    Examples
+    --------
+    >>> block = ResidualBlock(4)
+    >>> block(torch.zeros(1, 4, 6, 6)).shape
+    torch.Size([1, 4, 6, 6])
+    """
+
+    def __init__(self, channels: int, norm: LayerSpec = _NORM) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _reflect_conv(channels, channels, 3),
-            _reflect_conv(channels, channels, 3, act=None),
+            _reflect_conv(channels, channels, 3, norm=norm),
+            _reflect_conv(channels, channels, 3, act=None, norm=norm),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+def _norm_spec(name: str) -> LayerSpec:
+    """MONAI's norm argument for a generator's ``norm`` choice."""
+    if name not in NORMS:
+        raise NeurosynthError(f"norm must be one of {', '.join(NORMS)}, not {name!r}")
+    return NORMS[name]
 
 
 def _final_activation(name: str) -> nn.Module:
@@ -174,26 +222,42 @@ class ResNetGenerator(_Generator):
     arch_name = "resnet"
     size_divisor = 4
 
-    def __init__(self, in_channels: int = 1, base: int = 16, n_blocks: int = 4, out_channels: int = 1,
-                 final_activation: str = "none", n_downsampling: int = 2):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base: int = 16,
+        n_blocks: int = 4,
+        out_channels: int = 1,
+        final_activation: str = "none",
+        n_downsampling: int = 2,
+        norm: str = "instance",
+    ):
         super().__init__()
         if n_downsampling not in (0, 1, 2):
             raise NeurosynthError(f"resnet n_downsampling must be 0, 1 or 2, not {n_downsampling!r}")
-        record = dict(in_channels=in_channels, base=base, n_blocks=n_blocks, out_channels=out_channels,
-                      final_activation=final_activation)
+        record = dict(
+            in_channels=in_channels,
+            base=base,
+            n_blocks=n_blocks,
+            out_channels=out_channels,
+            final_activation=final_activation,
+        )
         if n_downsampling != 2:  # cards of the classic generator stay as they were
             record["n_downsampling"] = n_downsampling
+        if norm != "instance":
+            record["norm"] = norm
         self._record(**record)
+        nm = _norm_spec(norm)
         self.in_channels = in_channels
-        self.size_divisor = 2 ** n_downsampling
-        trunk = base * 2 ** n_downsampling
-        self.stem = _reflect_conv(in_channels, base, 7)
+        self.size_divisor = 2**n_downsampling
+        trunk = base * 2**n_downsampling
+        self.stem = _reflect_conv(in_channels, base, 7, norm=nm)
         # names kept from the fixed two-stage layout so existing weights load unchanged
-        self.down1 = _conv(base, 2 * base, stride=2) if n_downsampling >= 1 else nn.Identity()
-        self.down2 = _conv(2 * base, 4 * base, stride=2) if n_downsampling == 2 else nn.Identity()
-        self.trunk = nn.Sequential(*[ResidualBlock(trunk) for _ in range(n_blocks)])
-        self.up1 = _Up(4 * base, 2 * base) if n_downsampling == 2 else nn.Identity()
-        self.up2 = _Up(2 * base, base) if n_downsampling >= 1 else nn.Identity()
+        self.down1 = _conv(base, 2 * base, stride=2, norm=nm) if n_downsampling >= 1 else nn.Identity()
+        self.down2 = _conv(2 * base, 4 * base, stride=2, norm=nm) if n_downsampling == 2 else nn.Identity()
+        self.trunk = nn.Sequential(*[ResidualBlock(trunk, nm) for _ in range(n_blocks)])
+        self.up1 = _Up(4 * base, 2 * base, norm=nm) if n_downsampling == 2 else nn.Identity()
+        self.up2 = _Up(2 * base, base, norm=nm) if n_downsampling >= 1 else nn.Identity()
         self.head = _reflect_conv(base, out_channels, 7, act=None, norm=None, conv_only=True)
         self.final = _final_activation(final_activation)
         self.default_cam_layer = "trunk"
@@ -230,27 +294,47 @@ class UNetGenerator(_Generator):
 
     arch_name = "unet"
 
-    def __init__(self, in_channels: int = 1, base: int = 16, depth: int = 3, out_channels: int = 1,
-                 final_activation: str = "none"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base: int = 16,
+        depth: int = 3,
+        out_channels: int = 1,
+        final_activation: str = "none",
+        norm: str = "instance",
+    ):
         super().__init__()
-        self._record(in_channels=in_channels, base=base, depth=depth, out_channels=out_channels,
-                     final_activation=final_activation)
+        record = dict(
+            in_channels=in_channels,
+            base=base,
+            depth=depth,
+            out_channels=out_channels,
+            final_activation=final_activation,
+        )
+        self._record(**record, **({"norm": norm} if norm != "instance" else {}))
+        nm = _norm_spec(norm)
         self.in_channels = in_channels
-        self.size_divisor = 2 ** depth
+        self.size_divisor = 2**depth
         ch = [base * 2 ** min(i, 2) for i in range(depth + 1)]  # capped at 4*base: CPU-sized
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
         cin = in_channels
         for i in range(depth):
-            self.encoders.append(nn.Sequential(_conv(cin, ch[i], act=_ACT), _conv(ch[i], ch[i], act=_ACT)))
-            self.downs.append(_conv(ch[i], ch[i + 1], k=4, stride=2, act=_ACT, padding=1))
+            self.encoders.append(
+                nn.Sequential(_conv(cin, ch[i], act=_ACT, norm=nm), _conv(ch[i], ch[i], act=_ACT, norm=nm))
+            )
+            self.downs.append(_conv(ch[i], ch[i + 1], k=4, stride=2, act=_ACT, padding=1, norm=nm))
             cin = ch[i + 1]
-        self.bottleneck = nn.Sequential(_conv(ch[depth], ch[depth], act=_ACT), _conv(ch[depth], ch[depth], act=_ACT))
+        self.bottleneck = nn.Sequential(
+            _conv(ch[depth], ch[depth], act=_ACT, norm=nm), _conv(ch[depth], ch[depth], act=_ACT, norm=nm)
+        )
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for i in reversed(range(depth)):
-            self.ups.append(_Up(ch[i + 1], ch[i], act=_ACT))
-            self.decoders.append(nn.Sequential(_conv(2 * ch[i], ch[i], act=_ACT), _conv(ch[i], ch[i], act=_ACT)))
+            self.ups.append(_Up(ch[i + 1], ch[i], act=_ACT, norm=nm))
+            self.decoders.append(
+                nn.Sequential(_conv(2 * ch[i], ch[i], act=_ACT, norm=nm), _conv(ch[i], ch[i], act=_ACT, norm=nm))
+            )
         self.head = Convolution(2, ch[0], out_channels, kernel_size=1, conv_only=True)
         self.final = _final_activation(final_activation)
         # A middle decoder stage (half resolution for depth 3), not the bottleneck:
@@ -280,19 +364,34 @@ class ModalityFusion(nn.Module):
     ``"max"`` are element-wise and order-free; ``"hybrid"`` is Hi-Net's Mixed
     Fusion Block (Zhou et al. 2020, survey ref. [131]): element-wise sum, product
     and maximum, concatenated and mixed by a 3x3 convolution.
+
+    Examples
+    --------
+    >>> a, b = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
+    >>> torch.equal(ModalityFusion(4, 2, mode="max")([a, b]), b)
+    True
+    >>> ModalityFusion(4, 2, mode="mean")([a, b]).unique()
+    tensor([0.5000])
+    >>> ModalityFusion(4, 2)([a, b]).shape   # hybrid: sum, product and max, mixed by a 3x3 conv
+    torch.Size([1, 4, 2, 2])
+    >>> ModalityFusion(4, 2, mode="sum")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: fusion mode must be one of hybrid, concat, mean, max, not 'sum'
     """
 
     modes = ("hybrid", "concat", "mean", "max")
 
-    def __init__(self, channels: int, n_inputs: int, mode: str = "hybrid"):
+    def __init__(self, channels: int, n_inputs: int, mode: str = "hybrid", norm: LayerSpec = _NORM) -> None:
         super().__init__()
         if mode not in self.modes:
             raise NeurosynthError(f"fusion mode must be one of {', '.join(self.modes)}, not {mode!r}")
         self.mode = mode
+        self.mix: nn.Module
         if mode == "concat":
-            self.mix = _conv(n_inputs * channels, channels, k=1)
+            self.mix = _conv(n_inputs * channels, channels, k=1, norm=norm)
         elif mode == "hybrid":
-            self.mix = _conv(3 * channels, channels)
+            self.mix = _conv(3 * channels, channels, norm=norm)
         else:
             self.mix = nn.Identity()
 
@@ -310,11 +409,11 @@ class ModalityFusion(nn.Module):
 class _Encoder(nn.Module):
     """Stem + two stride-2 convs; returns features at 1, 1/2 and 1/4 resolution."""
 
-    def __init__(self, cin: int, base: int):
+    def __init__(self, cin: int, base: int, norm: LayerSpec = _NORM) -> None:
         super().__init__()
-        self.stem = _reflect_conv(cin, base, 7)
-        self.down1 = _conv(base, 2 * base, stride=2)
-        self.down2 = _conv(2 * base, 4 * base, stride=2)
+        self.stem = _reflect_conv(cin, base, 7, norm=norm)
+        self.down1 = _conv(base, 2 * base, stride=2, norm=norm)
+        self.down2 = _conv(2 * base, 4 * base, stride=2, norm=norm)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f0 = self.stem(x)
@@ -355,21 +454,39 @@ class FusionGenerator(_Generator):
     arch_name = "fusion"
     size_divisor = 4
 
-    def __init__(self, n_inputs: int = 2, channels_per_input: int = 1, base: int = 16, n_blocks: int = 2,
-                 fusion: str = "hybrid", out_channels: int = 1, final_activation: str = "none"):
+    def __init__(
+        self,
+        n_inputs: int = 2,
+        channels_per_input: int = 1,
+        base: int = 16,
+        n_blocks: int = 2,
+        fusion: str = "hybrid",
+        out_channels: int = 1,
+        final_activation: str = "none",
+        norm: str = "instance",
+    ):
         super().__init__()
-        self._record(n_inputs=n_inputs, channels_per_input=channels_per_input, base=base, n_blocks=n_blocks,
-                     fusion=fusion, out_channels=out_channels, final_activation=final_activation)
+        record = dict(
+            n_inputs=n_inputs,
+            channels_per_input=channels_per_input,
+            base=base,
+            n_blocks=n_blocks,
+            fusion=fusion,
+            out_channels=out_channels,
+            final_activation=final_activation,
+        )
+        self._record(**record, **({"norm": norm} if norm != "instance" else {}))
+        nm = _norm_spec(norm)
         self.n_inputs = n_inputs
         self.channels_per_input = channels_per_input
         self.in_channels = n_inputs * channels_per_input
-        self.encoders = nn.ModuleList([_Encoder(channels_per_input, base) for _ in range(n_inputs)])
-        self.fuse = nn.ModuleList([ModalityFusion(c, n_inputs, fusion) for c in (base, 2 * base, 4 * base)])
-        self.trunk = nn.Sequential(*[ResidualBlock(4 * base) for _ in range(n_blocks)])
-        self.up1 = _Up(4 * base, 2 * base)
-        self.dec1 = _conv(4 * base, 2 * base)
-        self.up2 = _Up(2 * base, base)
-        self.dec2 = _conv(2 * base, base)
+        self.encoders = nn.ModuleList([_Encoder(channels_per_input, base, nm) for _ in range(n_inputs)])
+        self.fuse = nn.ModuleList([ModalityFusion(c, n_inputs, fusion, nm) for c in (base, 2 * base, 4 * base)])
+        self.trunk = nn.Sequential(*[ResidualBlock(4 * base, nm) for _ in range(n_blocks)])
+        self.up1 = _Up(4 * base, 2 * base, norm=nm)
+        self.dec1 = _conv(4 * base, 2 * base, norm=nm)
+        self.up2 = _Up(2 * base, base, norm=nm)
+        self.dec2 = _conv(2 * base, base, norm=nm)
         self.head = _reflect_conv(base, out_channels, 7, act=None, norm=None, conv_only=True)
         self.final = _final_activation(final_activation)
         self.default_cam_layer = "trunk" if n_blocks else "fuse.2"
@@ -384,7 +501,7 @@ class FusionGenerator(_Generator):
         return self.final(self.head(y))
 
 
-def _identity_grid(b: int, h: int, w: int, device, dtype) -> torch.Tensor:
+def _identity_grid(b: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype)
     xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
@@ -397,6 +514,15 @@ def warp(features: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     ``offset`` is ``(B, 2, H, W)`` in pixels of ``features``, channel 0 along x
     (width), channel 1 along y (height). Zero offsets return ``features``
     unchanged (``align_corners=True`` puts grid points exactly on pixel centres).
+
+    Examples
+    --------
+    >>> f = torch.arange(12.0).reshape(1, 1, 3, 4)
+    >>> torch.allclose(warp(f, torch.zeros(1, 2, 3, 4)), f)   # equal up to float rounding
+    True
+    >>> right = torch.zeros(1, 2, 3, 4); right[:, 0] = 1.0   # sample one pixel to the right
+    >>> warp(f, right)[0, 0, 0]   # the last column repeats (border padding)
+    tensor([1., 2., 3., 3.])
     """
     b, _, h, w = features.shape
     # float32 sampling grid even under half-precision autocast: fp16 cannot resolve
@@ -421,6 +547,14 @@ class DeformableAlign(nn.Module):
     an untrained module is the identity.
 
     Returns ``(aligned, offset)``; offset is ``(B, 2 * offset_groups, H, W)`` in pixels.
+
+    Examples
+    --------
+    >>> align = DeformableAlign(channels=4, offset_groups=2)
+    >>> reference, moving = torch.rand(1, 4, 8, 8), torch.rand(1, 4, 8, 8)
+    >>> aligned, offset = align(reference, moving)
+    >>> offset.shape, bool(offset.abs().max() == 0), torch.allclose(aligned, moving, atol=1e-6)  # identity
+    (torch.Size([1, 4, 8, 8]), True, True)
     """
 
     def __init__(self, channels: int, offset_groups: int = 1):
@@ -432,8 +566,9 @@ class DeformableAlign(nn.Module):
             _conv(2 * channels, channels, act=_ACT, norm=None),
             nn.Conv2d(channels, 2 * offset_groups, kernel_size=3, padding=1),
         )
-        nn.init.zeros_(self.offset_net[-1].weight)
-        nn.init.zeros_(self.offset_net[-1].bias)
+        head = cast(nn.Conv2d, self.offset_net[-1])
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(cast(torch.Tensor, head.bias))  # nn.Conv2d has a bias unless bias=False
 
     def forward(self, reference: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         offset = self.offset_net(torch.cat([reference, moving], dim=1))
@@ -445,6 +580,16 @@ def warp_groups(moving: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
 
     ``offset`` has ``2 * G`` channels for ``G`` groups; if its resolution differs
     from ``moving``'s it is upsampled and its pixel values rescaled to match.
+
+    Examples
+    --------
+    >>> moving = torch.rand(1, 4, 8, 8)
+    >>> warp_groups(moving, torch.zeros(1, 4, 4, 4)).shape   # 2 groups, offsets at half resolution
+    torch.Size([1, 4, 8, 8])
+    >>> warp_groups(moving, torch.zeros(1, 6, 8, 8))
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: 3 offset groups do not divide 4 feature channels
     """
     if offset.shape[-2:] != moving.shape[-2:]:
         factor = moving.shape[-1] / offset.shape[-1]
@@ -495,12 +640,26 @@ class MCSRGenerator(_Generator):
     arch_name = "mcsr"
     size_divisor = 4
 
-    def __init__(self, source_channels: int = 1, lowres_channels: int = 1, base: int = 16, n_blocks: int = 4,
-                 offset_groups: int = 1, out_channels: int = 1, final_activation: str = "none"):
+    def __init__(
+        self,
+        source_channels: int = 1,
+        lowres_channels: int = 1,
+        base: int = 16,
+        n_blocks: int = 4,
+        offset_groups: int = 1,
+        out_channels: int = 1,
+        final_activation: str = "none",
+    ):
         super().__init__()
-        self._record(source_channels=source_channels, lowres_channels=lowres_channels, base=base,
-                     n_blocks=n_blocks, offset_groups=offset_groups, out_channels=out_channels,
-                     final_activation=final_activation)
+        self._record(
+            source_channels=source_channels,
+            lowres_channels=lowres_channels,
+            base=base,
+            n_blocks=n_blocks,
+            offset_groups=offset_groups,
+            out_channels=out_channels,
+            final_activation=final_activation,
+        )
         self.source_channels = source_channels
         self.lowres_channels = lowres_channels
         self.in_channels = source_channels + lowres_channels
@@ -551,15 +710,18 @@ class PatchGANDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int = 2, base: int = 32, n_layers: int = 3):
         super().__init__()
-        self.architecture = {"name": "patchgan", "args": {"in_channels": in_channels, "base": base, "n_layers": n_layers}}
+        self.architecture = {
+            "name": "patchgan",
+            "args": {"in_channels": in_channels, "base": base, "n_layers": n_layers},
+        }
         self.in_channels = in_channels
         layers: list[nn.Module] = [_conv(in_channels, base, k=4, stride=2, act=_ACT, norm=None, padding=1)]
         ch = base
         for i in range(1, n_layers):
-            nxt = base * min(2 ** i, 8)
+            nxt = base * min(2**i, 8)
             layers.append(_conv(ch, nxt, k=4, stride=2, act=_ACT, padding=1))
             ch = nxt
-        nxt = base * min(2 ** n_layers, 8)
+        nxt = base * min(2**n_layers, 8)
         layers.append(_conv(ch, nxt, k=4, stride=1, act=_ACT, padding=1))
         layers.append(Convolution(2, nxt, 1, kernel_size=4, strides=1, padding=1, conv_only=True))
         self.model = nn.Sequential(*layers)
@@ -612,6 +774,21 @@ def build_network(name: str, **args: Any) -> nn.Module:
     >>> net = build_network("unet", in_channels=1, base=8, depth=2)
     >>> net.architecture
     {'name': 'unet', 'args': {'in_channels': 1, 'base': 8, 'depth': 2, 'out_channels': 1, 'final_activation': 'none'}}
+    >>> tiny = build_network("unet", in_channels=3, base=4, depth=1)   # 2.5-D: 1 input x 3 slices
+    >>> tiny.in_channels, tiny.size_divisor, tiny.default_cam_layer
+    (3, 2, 'decoders.0')
+    >>> build_network("vit")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: unknown architecture 'vit'; known architectures: resnet, unet, ...
+    >>> build_network("unet", depth=0)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: architecture 'unet': depth must be a positive integer, got 0
+    >>> build_network("resnet", blocks=2)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: architecture 'resnet' does not take argument(s) blocks; it takes: ...
     """
     cls = ARCHITECTURES.get(name)
     if cls is None:
@@ -634,5 +811,11 @@ def build_network(name: str, **args: Any) -> nn.Module:
 
 
 def count_parameters(network: nn.Module) -> int:
-    """Number of parameters (trainable or not) of ``network``."""
+    """Number of parameters (trainable or not) of ``network``.
+
+    Examples
+    --------
+    >>> count_parameters(build_network("unet", in_channels=3, base=4, depth=1))
+    2773
+    """
     return sum(p.numel() for p in network.parameters())

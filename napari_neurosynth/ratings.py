@@ -25,17 +25,31 @@ Examples
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, TypedDict, TypeVar, cast
 
 from .errors import NeurosynthError
+
+__all__ = [
+    "COLUMNS",
+    "EXTRA_FIELDS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SUBSCORES",
+    "RatingRow",
+    "RatingStore",
+    "SessionRecord",
+    "default_db_path",
+]
+
+_T = TypeVar("_T")
 
 #: Schema version this code writes; files with a higher version are refused.
 SCHEMA_VERSION = 1
@@ -99,14 +113,67 @@ MIGRATIONS: dict[int, list[str]] = {
 SUBSCORES = ("realism", "anatomical_correctness", "lesion_conspicuity", "diagnostic_usability")
 
 #: Keyword arguments :meth:`RatingStore.record` accepts besides the ids and score.
-EXTRA_FIELDS = SUBSCORES + ("turing_choice", "turing_confidence", "comment", "seconds_on_case", "metadata")
+EXTRA_FIELDS = (*SUBSCORES, "turing_choice", "turing_confidence", "comment", "seconds_on_case", "metadata")
 
 #: Column order of :meth:`RatingStore.ratings` rows and of the CSV export.
 COLUMNS = (
-    "id", "study", "rater", "case_id", "condition", "score", *SUBSCORES,
-    "turing_choice", "turing_confidence", "comment", "seconds_on_case", "metadata",
-    "created_at", "supersedes", "is_current",
+    "id",
+    "study",
+    "rater",
+    "case_id",
+    "condition",
+    "score",
+    *SUBSCORES,
+    "turing_choice",
+    "turing_confidence",
+    "comment",
+    "seconds_on_case",
+    "metadata",
+    "created_at",
+    "supersedes",
+    "is_current",
 )
+
+
+class RatingRow(TypedDict):
+    """One row of :meth:`RatingStore.ratings` and of the CSV export (keys :data:`COLUMNS`, in that order)."""
+
+    id: int
+    study: str | None
+    rater: str
+    case_id: str
+    condition: str
+    score: int
+    realism: int | None
+    anatomical_correctness: int | None
+    lesion_conspicuity: int | None
+    diagnostic_usability: int | None
+    turing_choice: str | None
+    turing_confidence: int | None
+    comment: str | None
+    seconds_on_case: float | None
+    #: JSON text of the ``metadata`` dict given to :meth:`RatingStore.record`.
+    metadata: str | None
+    created_at: str
+    supersedes: int | None
+    is_current: int
+
+
+class SessionRecord(TypedDict):
+    """A rater's stored session in a study (:meth:`RatingStore.load_session`)."""
+
+    rater: str
+    study: str
+    seed: int
+    position: int
+    started_at: str
+    updated_at: str
+    #: The presentation order, as JSON gave it back: ``[case id, condition]`` pairs.
+    order: list[list[str]]
+
+
+#: A validated rating: rater, case, condition, score, study and the optional fields.
+_Prepared = tuple[str, str, str, int, "str | None", dict[str, Any]]
 
 
 def default_db_path() -> Path:
@@ -126,8 +193,18 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _likert(name: str, value: Any) -> int | None:
-    """Check a 1-5 Likert value and return it as ``int`` (``None`` passes)."""
+def _likert(name: str, value: object) -> int | None:
+    """Check a 1-5 Likert value and return it as ``int`` (``None`` passes).
+
+    Examples
+    --------
+    >>> _likert("realism", 4.0), _likert("realism", "2"), _likert("realism", None)
+    (4, 2, None)
+    >>> _likert("realism", 6)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: realism must be an integer from 1 to 5, got 6
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -141,7 +218,7 @@ def _likert(name: str, value: Any) -> int | None:
     return int(number)
 
 
-def _identifier(name: str, value: Any) -> str:
+def _identifier(name: str, value: object) -> str:
     text = "" if value is None else str(value).strip()
     if not text:
         raise NeurosynthError(f"{name} must be a non-empty id, got {value!r}")
@@ -172,14 +249,22 @@ class RatingStore:
     >>> store = RatingStore(pathlib.Path(tempfile.mkdtemp()) / "r.sqlite")
     >>> store.record("dr-a", "case-7", "t1_to_t2", 3, realism=2, turing_choice="synthetic") > 0
     True
+    >>> store.schema_version() == SCHEMA_VERSION
+    True
     >>> store.close()
+    >>> RatingStore(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: ratings database path ... is a folder; give a file name such as ...
     """
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float = 30.0) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         self.timeout = float(timeout)
         if self.path.is_dir():
-            raise NeurosynthError(f"ratings database path {self.path} is a folder; give a file name such as ratings.sqlite")
+            raise NeurosynthError(
+                f"ratings database path {self.path} is a folder; give a file name such as ratings.sqlite"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -191,7 +276,9 @@ class RatingStore:
             # ourselves so each rating is exactly one transaction.
             self._conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
         except sqlite3.Error as exc:
-            raise NeurosynthError(f"cannot open the ratings database {self.path}: {exc}; choose a writable path") from None
+            raise NeurosynthError(
+                f"cannot open the ratings database {self.path}: {exc}; choose a writable path"
+            ) from None
         self._conn.row_factory = sqlite3.Row
         try:
             self._configure()
@@ -260,11 +347,13 @@ class RatingStore:
             )
         if "readonly" in low or "read-only" in low or "unable to open" in low or "disk i/o" in low:
             return NeurosynthError(
-                f"cannot {action} the ratings database {self.path}: {text}; choose a writable path (nothing was written)"
+                f"cannot {action} the ratings database {self.path}: {text}; "
+                "choose a writable path (nothing was written)"
             )
         if "full" in low:
             return NeurosynthError(
-                f"disk full while writing the ratings database {self.path}; free space and try again (nothing was written)"
+                f"disk full while writing the ratings database {self.path}; "
+                "free space and try again (nothing was written)"
             )
         if "not a database" in low or "malformed" in low:
             return NeurosynthError(f"{self.path} is not a valid ratings database ({text}); choose another file")
@@ -272,7 +361,7 @@ class RatingStore:
             return NeurosynthError(f"rating refused by the database: {text} (nothing was written)")
         return NeurosynthError(f"cannot {action} the ratings database {self.path}: {text}")
 
-    def _retry(self, fn):
+    def _retry(self, fn: Callable[[], _T]) -> _T:
         """Call ``fn`` until it stops failing with 'database is locked' or the timeout passes.
 
         SQLite's busy handler covers almost every wait, but a few paths (switching
@@ -290,10 +379,10 @@ class RatingStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
-    def _transaction(self, body, action: str = "write"):
+    def _transaction(self, body: Callable[[sqlite3.Connection], _T], action: str = "write") -> _T:
         """Run ``body(conn)`` in one ``BEGIN IMMEDIATE`` transaction; all or nothing."""
 
-        def attempt():
+        def attempt() -> _T:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 result = body(self._conn)
@@ -342,6 +431,24 @@ class RatingStore:
         ------
         NeurosynthError
             Bad score or field, unknown keyword, or a database that cannot be written.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> store = RatingStore(pathlib.Path(tempfile.mkdtemp()) / "r.sqlite")
+        >>> first = store.record("dr-a", "sub-01", "t1_to_t2", 2, study="pilot", seconds_on_case=12.5)
+        >>> second = store.record("dr-a", "sub-01", "t1_to_t2", 3, study="pilot", comment="re-read")
+        >>> [(r["id"], r["score"], r["supersedes"], r["is_current"]) for r in store.ratings(history=True)]
+        [(1, 2, None, 0), (2, 3, 1, 1)]
+        >>> store.record("dr-a", "sub-01", "t1_to_t2", 6)
+        Traceback (most recent call last):
+        ...
+        napari_neurosynth.errors.NeurosynthError: score must be an integer from 1 to 5, got 6
+        >>> store.record("dr-a", "sub-01", "t1_to_t2", 4, sharpness=3)
+        Traceback (most recent call last):
+        ...
+        napari_neurosynth.errors.NeurosynthError: unknown rating field(s) sharpness; known: realism, ...
+        >>> store.close()
         """
         prepared = self._prepare(rater, case, condition, score, study, extra)
         return self._transaction(lambda conn: self._insert(conn, *prepared))
@@ -352,23 +459,41 @@ class RatingStore:
         Each row is a dict with ``rater``, ``case``, ``condition``, ``score``,
         optional ``study`` and the optional fields of :meth:`record`. Meant for
         importing ratings collected elsewhere.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> store = RatingStore(pathlib.Path(tempfile.mkdtemp()) / "r.sqlite")
+        >>> store.record_many([{"rater": "a", "case": "c1", "condition": "acquired", "score": 5},
+        ...                    {"rater": "b", "case": "c1", "condition": "acquired", "score": 4, "study": "s"}])
+        [1, 2]
+        >>> store.record_many([{"rater": "a", "case": "c2", "condition": "acquired", "score": 5},
+        ...                    {"rater": "a", "case": "c3", "condition": "acquired"}])
+        Traceback (most recent call last):
+        ...
+        napari_neurosynth.errors.NeurosynthError: rating #2 lacks 'score'
+        >>> len(store.ratings()), store.studies()   # all or nothing: the batch with a bad row wrote nothing
+        (2, ['s'])
+        >>> store.close()
         """
-        prepared = []
-        for i, row in enumerate(rows):
-            row = dict(row)
+        prepared: list[_Prepared] = []
+        for i, given in enumerate(rows):
+            row = dict(given)
             try:
-                args = [row.pop(k) for k in ("rater", "case", "condition", "score")]
+                rater, case, condition, score = (row.pop(k) for k in ("rater", "case", "condition", "score"))
             except KeyError as exc:
                 raise NeurosynthError(f"rating #{i + 1} lacks {exc.args[0]!r}") from None
             study = row.pop("study", None)
             try:
-                prepared.append(self._prepare(*args, study, row))
+                prepared.append(self._prepare(rater, case, condition, score, study, row))
             except NeurosynthError as exc:
                 raise NeurosynthError(f"rating #{i + 1}: {exc} (nothing was written)") from None
         return self._transaction(lambda conn: [self._insert(conn, *p) for p in prepared])
 
     @staticmethod
-    def _prepare(rater, case, condition, score, study, extra: dict) -> tuple:
+    def _prepare(
+        rater: object, case: object, condition: object, score: object, study: object, extra: Mapping[str, Any]
+    ) -> _Prepared:
         """Validate one rating; return the arguments of :meth:`_insert`."""
         unknown = sorted(set(extra) - set(EXTRA_FIELDS))
         if unknown:
@@ -376,12 +501,17 @@ class RatingStore:
                 f"unknown rating field(s) {', '.join(unknown)}; known: {', '.join(EXTRA_FIELDS)} "
                 "(put anything else in metadata={...})"
             )
-        rater = _identifier("rater", rater)
-        case = _identifier("case", case)
-        condition = _identifier("condition", condition)
-        study = None if study is None else _identifier("study", study)
+        rater_id = _identifier("rater", rater)
+        case_id = _identifier("case", case)
+        condition_id = _identifier("condition", condition)
+        study_id = None if study is None else _identifier("study", study)
         # Pre-check for a friendly message; the CHECK constraints are the real guard.
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not float(score).is_integer() or not 1 <= score <= 5:
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, (int, float))
+            or not float(score).is_integer()
+            or not 1 <= score <= 5
+        ):
             raise NeurosynthError(f"score must be an integer from 1 to 5, got {score!r}")
         values: dict[str, Any] = {name: _likert(name, extra.get(name)) for name in SUBSCORES}
         values["turing_confidence"] = _likert("turing_confidence", extra.get("turing_confidence"))
@@ -411,17 +541,26 @@ class RatingStore:
         values["metadata"] = metadata
         score_value = int(score)
 
-        return rater, case, condition, score_value, study, values
+        return rater_id, case_id, condition_id, score_value, study_id, values
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, rater, case, condition, score_value, study, values) -> int:
+    def _insert(
+        conn: sqlite3.Connection,
+        rater: str,
+        case: str,
+        condition: str,
+        score_value: int,
+        study: str | None,
+        values: dict[str, Any],
+    ) -> int:
         """Insert one validated rating inside an open transaction, superseding the current one."""
         now = _now()
         conn.execute("INSERT OR IGNORE INTO raters (id, created_at) VALUES (?, ?)", (rater, now))
         if study is not None:
             conn.execute("INSERT OR IGNORE INTO studies (id, created_at) VALUES (?, ?)", (study, now))
         old = conn.execute(
-            "SELECT id FROM ratings WHERE study IS ? AND rater = ? AND case_id = ? AND condition = ? AND is_current = 1",
+            "SELECT id FROM ratings"
+            " WHERE study IS ? AND rater = ? AND case_id = ? AND condition = ? AND is_current = 1",
             (study, rater, case, condition),
         ).fetchone()
         if old is not None:
@@ -431,15 +570,14 @@ class RatingStore:
         cursor = conn.execute(
             f"INSERT INTO ratings ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", params
         )
-        return int(cursor.lastrowid)
-
+        return int(cast(int, cursor.lastrowid))  # set by every successful INSERT
 
     def ratings(
         self,
         study: str | None = None,
         rater: str | None = None,
         history: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RatingRow]:
         """Rows of the ratings table as dicts (keys :data:`COLUMNS`), oldest first.
 
         Parameters
@@ -448,8 +586,23 @@ class RatingStore:
             Keep only this study / rater.
         history : bool
             Include superseded rows (``is_current == 0``) as well.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> store = RatingStore(pathlib.Path(tempfile.mkdtemp()) / "r.sqlite")
+        >>> for rater, score in [("a", 4), ("b", 2), ("a", 5)]:
+        ...     _ = store.record(rater, "c1", "acquired", score, study="s1")
+        >>> [(r["rater"], r["score"]) for r in store.ratings()]
+        [('b', 2), ('a', 5)]
+        >>> [r["score"] for r in store.ratings(rater="a", history=True)], store.ratings(study="other")
+        ([4, 5], [])
+        >>> list(store.ratings()[0]) == list(COLUMNS)
+        True
+        >>> store.close()
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list[str] = []
         if not history:
             where.append("is_current = 1")
         if study is not None:
@@ -466,28 +619,31 @@ class RatingStore:
             rows = self._retry(lambda: self._conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
             raise self._error(exc, "read") from None
-        return [dict(row) for row in rows]
+        return [cast(RatingRow, dict(row)) for row in rows]
 
-    def export_csv(self, path: str | os.PathLike, study: str | None = None, history: bool = True) -> int:
+    def export_csv(self, path: str | os.PathLike[str], study: str | None = None, history: bool = True) -> int:
         """Write ratings to a CSV file (header = :data:`COLUMNS`); return the number of rows.
 
         By default the history is included; filter on ``is_current == 1`` for the
         ratings in force. The file is written to a temporary name and renamed, so
         a failure never leaves half a CSV behind.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> store = RatingStore(folder / "r.sqlite")
+        >>> _ = store.record("a", "c1", "acquired", 4)
+        >>> _ = store.record("a", "c1", "acquired", 5)
+        >>> store.export_csv(folder / "all.csv"), store.export_csv(folder / "now.csv", history=False)
+        (2, 1)
+        >>> (folder / "all.csv").read_text().splitlines()[0].split(",")[:6]
+        ['id', 'study', 'rater', 'case_id', 'condition', 'score']
+        >>> store.close()
         """
-        rows = self.ratings(study=study, history=history)
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise NeurosynthError(f"cannot write {path}: {exc.strerror}; choose a writable path") from None
-        return len(rows)
+        from .export import write_csv  # the package's one CSV writer (atomic; NaN/Inf -> empty cell)
+
+        return write_csv(self.ratings(study=study, history=history), path, COLUMNS)
 
     def studies(self) -> list[str]:
         """Ids of the studies that have ratings or sessions in this file."""
@@ -499,34 +655,56 @@ class RatingStore:
         return self._version()
 
     # -- reader sessions (used by napari_neurosynth.study) ---------------------------------
-    def register_study(self, study: str, definition: dict | None = None) -> None:
+    def register_study(self, study: str, definition: Mapping[str, Any] | None = None) -> None:
         """Make sure ``study`` exists, keeping the first definition stored for it."""
         text = None if definition is None else json.dumps(definition, sort_keys=True)
 
-        def write(conn):
-            conn.execute("INSERT OR IGNORE INTO studies (id, definition, created_at) VALUES (?, ?, ?)", (study, text, _now()))
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO studies (id, definition, created_at) VALUES (?, ?, ?)", (study, text, _now())
+            )
             if text is not None:
                 conn.execute("UPDATE studies SET definition = ? WHERE id = ? AND definition IS NULL", (text, study))
 
         self._transaction(write)
 
-    def load_session(self, rater: str, study: str) -> dict[str, Any] | None:
-        """The stored session of ``rater`` in ``study`` (``order`` decoded), or ``None``."""
+    def load_session(self, rater: str, study: str) -> SessionRecord | None:
+        """The stored session of ``rater`` in ``study`` (``order`` decoded), or ``None``.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> store = RatingStore(pathlib.Path(tempfile.mkdtemp()) / "r.sqlite")
+        >>> store.load_session("dr-a", "pilot") is None
+        True
+        >>> session = store.create_session("dr-a", "pilot", seed=7, order=[("c2", "acquired"), ("c1", "model")])
+        >>> session["order"], session["position"]
+        ([['c2', 'acquired'], ['c1', 'model']], 0)
+        >>> store.set_position("dr-a", "pilot", 1)
+        >>> store.load_session("dr-a", "pilot")["position"]
+        1
+        >>> store.create_session("dr-a", "pilot", seed=8, order=[])["seed"]   # the first session stays
+        7
+        >>> store.close()
+        """
         row = self._conn.execute(
-            "SELECT rater, study, seed, item_order, position, started_at, updated_at FROM sessions WHERE rater = ? AND study = ?",
+            "SELECT rater, study, seed, item_order, position, started_at, updated_at FROM sessions"
+            " WHERE rater = ? AND study = ?",
             (rater, study),
         ).fetchone()
         if row is None:
             return None
         session = dict(row)
-        session["order"] = json.loads(session.pop("item_order"))
-        return session
+        order = json.loads(session.pop("item_order"))
+        return cast(SessionRecord, {**session, "order": order})
 
-    def create_session(self, rater: str, study: str, seed: int, order: Iterable) -> dict[str, Any]:
+    def create_session(
+        self, rater: str, study: str, seed: int, order: Iterable[tuple[str, str] | list[str]]
+    ) -> SessionRecord:
         """Store a new session; if another process created one first, keep and return that one."""
         text = json.dumps(list(order))
 
-        def write(conn):
+        def write(conn: sqlite3.Connection) -> None:
             now = _now()
             conn.execute("INSERT OR IGNORE INTO raters (id, created_at) VALUES (?, ?)", (rater, now))
             conn.execute("INSERT OR IGNORE INTO studies (id, created_at) VALUES (?, ?)", (study, now))
@@ -537,7 +715,10 @@ class RatingStore:
             )
 
         self._transaction(write)
-        return self.load_session(rater, study)
+        session = self.load_session(rater, study)
+        if session is None:  # cannot happen: the row was just written (or already there)
+            raise NeurosynthError(f"the session of rater {rater!r} in study {study!r} was not stored")
+        return session
 
     def set_position(self, rater: str, study: str, position: int) -> None:
         """Remember where ``rater`` is in ``study``."""
@@ -551,15 +732,15 @@ class RatingStore:
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
         """Close the connection (idempotent)."""
-        conn = getattr(self, "_conn", None)
+        conn: sqlite3.Connection | None = getattr(self, "_conn", None)
         if conn is not None:
             conn.close()
-            self._conn = None
+            del self._conn
 
-    def __enter__(self) -> "RatingStore":
+    def __enter__(self) -> RatingStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -39,14 +39,29 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, cast
 
 import numpy as np
 
 from .errors import NeurosynthError
-from .ratings import SUBSCORES, RatingStore
+from .ratings import SUBSCORES, RatingRow, RatingStore
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "VOLUME_SUFFIXES",
+    "Case",
+    "ReaderSession",
+    "Study",
+    "create_study",
+    "load_study",
+    "missing_volumes",
+    "presentation_order",
+    "rater_seed",
+    "study_from_dict",
+]
 
 #: File name endings recognised as volumes when building a study from a folder.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -86,6 +101,22 @@ class Study:
         Display window in percentiles, applied identically to every condition.
     path : Path or None
         The file the study was read from.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> study = Study("pilot", [Case(c, {"acquired": Path(f"acq/{c}.nii.gz"), "t1_to_t2": Path(f"syn/{c}.nii.gz")})
+    ...                         for c in ("sub-01", "sub-02", "sub-03")], seed=3)
+    >>> study.conditions, study.items[:2]
+    (['acquired', 't1_to_t2'], [('sub-01', 'acquired'), ('sub-01', 't1_to_t2')])
+    >>> study.case("sub-02").conditions["t1_to_t2"]
+    PosixPath('syn/sub-02.nii.gz')
+    >>> study.check_item("sub-02", "t1_to_flair")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: case 'sub-02' of study 'pilot' has no condition 't1_to_flair' (it has ...)
+    >>> study.to_dict()["questions"], study.to_dict(relative_to="syn")["cases"][0]["conditions"]["t1_to_t2"]
+    ({'mos': True, 'subscores': [], 'turing': False}, 'sub-01.nii.gz')
     """
 
     id: str
@@ -151,8 +182,22 @@ class Study:
             ],
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the definition as YAML (``.yaml``/``.yml``) or JSON (other suffixes)."""
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the definition as YAML (``.yaml``/``.yml``) or JSON (other suffixes).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> study = Study("pilot", [Case("sub-01", {"acquired": folder / "a.nii.gz", "model": folder / "m.nii.gz"})])
+        >>> saved = study.save(folder / "study.yaml")
+        >>> print(saved.read_text().splitlines()[0])
+        study: pilot
+        >>> back = load_study(saved, check_files=False)
+        >>> back.items, back.case("sub-01").conditions == study.case("sub-01").conditions
+        ([('sub-01', 'acquired'), ('sub-01', 'model')], True)
+        """
         path = Path(path)
         data = self.to_dict(relative_to=path.parent.resolve())
         try:
@@ -170,13 +215,13 @@ class Study:
         return path
 
 
-def _as_bool(value: Any, name: str, where: str) -> bool:
+def _as_bool(value: object, name: str, where: str) -> bool:
     if isinstance(value, bool):
         return value
     raise NeurosynthError(f"{where}: '{name}' must be true or false, got {value!r}")
 
 
-def _paths(mapping: Any, base: Path, where: str, what: str) -> dict[str, Path]:
+def _paths(mapping: object, base: Path, where: str, what: str) -> dict[str, Path]:
     if mapping is None:
         return {}
     if not isinstance(mapping, dict) or not mapping:
@@ -190,15 +235,35 @@ def _paths(mapping: Any, base: Path, where: str, what: str) -> dict[str, Path]:
     return out
 
 
-def study_from_dict(data: Any, base: str | os.PathLike = ".", source: str = "study") -> Study:
-    """Build a :class:`Study` from parsed YAML/JSON; relative paths are resolved against ``base``."""
+def study_from_dict(data: object, base: str | os.PathLike[str] = ".", source: str = "study") -> Study:
+    """Build a :class:`Study` from parsed YAML/JSON; relative paths are resolved against ``base``.
+
+    Examples
+    --------
+    >>> study = study_from_dict({"study": "pilot", "seed": 5, "questions": {"subscores": True, "turing": True},
+    ...                          "cases": [{"id": "sub-01", "conditions": {"acquired": "a.nii.gz"}}]}, base="/data")
+    >>> study.subscores
+    ('realism', 'anatomical_correctness', 'lesion_conspicuity', 'diagnostic_usability')
+    >>> study.turing, study.case("sub-01").conditions
+    (True, {'acquired': PosixPath('/data/a.nii.gz')})
+    >>> study_from_dict({"study": "pilot", "cases": [], "colour": "red"}, source="study.yaml")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: study.yaml: unknown key(s) 'colour'; known: blinded, cases, ...
+    >>> study_from_dict({"study": "pilot", "display": {"window_percentiles": [99, 1]}, "cases": []})
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: study: 'display.window_percentiles' must be [low, high] with 0 <= ...
+    """
     base = Path(base)
     if not isinstance(data, dict):
         raise NeurosynthError(f"{source}: expected a mapping with keys study, cases, ...; got {type(data).__name__}")
     known = {"study", "id", "seed", "blinded", "questions", "display", "cases", "description"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise NeurosynthError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+        raise NeurosynthError(
+            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+        )
     study_id = data.get("study", data.get("id"))
     if not isinstance(study_id, (str, int)) or not str(study_id).strip():
         raise NeurosynthError(f"{source}: give the study an id (key 'study')")
@@ -218,7 +283,9 @@ def study_from_dict(data: Any, base: str | os.PathLike = ".", source: str = "stu
     elif subscores in (False, None):
         subscores = []
     if not isinstance(subscores, list) or any(s not in SUBSCORES for s in subscores):
-        raise NeurosynthError(f"{source}: 'questions.subscores' must be a list drawn from {', '.join(SUBSCORES)} (or true for all)")
+        raise NeurosynthError(
+            f"{source}: 'questions.subscores' must be a list drawn from {', '.join(SUBSCORES)} (or true for all)"
+        )
     turing = _as_bool(questions.get("turing", False), "questions.turing", source)
 
     display = data.get("display") or {}
@@ -234,7 +301,8 @@ def study_from_dict(data: Any, base: str | os.PathLike = ".", source: str = "stu
     raw_cases = data.get("cases")
     if not isinstance(raw_cases, list) or not raw_cases:
         raise NeurosynthError(f"{source}: 'cases' must be a non-empty list")
-    cases, seen = [], set()
+    cases: list[Case] = []
+    seen: set[str] = set()
     for i, raw in enumerate(raw_cases):
         where = f"{source}: case #{i + 1}"
         if not isinstance(raw, dict) or "id" not in raw or "conditions" not in raw:
@@ -267,7 +335,14 @@ def study_from_dict(data: Any, base: str | os.PathLike = ".", source: str = "stu
 
 
 def missing_volumes(study: Study) -> list[Path]:
-    """Volume paths named by the study that do not exist."""
+    """Volume paths named by the study that do not exist.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> missing_volumes(Study("s", [Case("c1", {"acquired": Path("/nowhere/c1.nii.gz")})]))
+    [PosixPath('/nowhere/c1.nii.gz')]
+    """
     missing = []
     for case in study.cases:
         for path in [*case.conditions.values(), *case.references.values()]:
@@ -276,7 +351,7 @@ def missing_volumes(study: Study) -> list[Path]:
     return missing
 
 
-def load_study(path: str | os.PathLike, check_files: bool = True) -> Study:
+def load_study(path: str | os.PathLike[str], check_files: bool = True) -> Study:
     """Read a study definition (YAML or JSON).
 
     Parameters
@@ -290,6 +365,24 @@ def load_study(path: str | os.PathLike, check_files: bool = True) -> Study:
     ------
     NeurosynthError
         The file is missing or does not parse, a field is wrong, or volumes are missing.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "study.yaml"
+    >>> _ = path.write_text("study: pilot\\ncases:\\n  - id: sub-01\\n    conditions: {acquired: acq/sub-01.nii.gz}\\n")
+    >>> load_study(path, check_files=False).case("sub-01").conditions["acquired"] == path.parent / "acq/sub-01.nii.gz"
+    True
+    >>> load_study(path)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: study file ...study.yaml names 1 missing volume(s): .../acq/sub-01.nii.gz
+    >>> _ = path.write_text("study: [pilot")
+    >>> load_study(path)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: study file ...study.yaml does not parse at line 1, column 14: ...
     """
     import yaml
 
@@ -313,7 +406,9 @@ def load_study(path: str | os.PathLike, check_files: bool = True) -> Study:
     if check_files:
         missing = missing_volumes(study)
         if missing:
-            shown = ", ".join(str(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            shown = ", ".join(str(p) for p in missing[:3]) + (
+                f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            )
             raise NeurosynthError(f"study file {path} names {len(missing)} missing volume(s): {shown}")
     return study
 
@@ -336,7 +431,7 @@ def _volumes_in(folder: Path) -> dict[str, Path]:
 
 
 def create_study(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike[str],
     study_id: str | None = None,
     seed: int = 0,
     blinded: bool = True,
@@ -380,9 +475,9 @@ def create_study(
     folder = Path(folder)
     if not folder.is_dir():
         raise NeurosynthError(f"{folder} is not a folder of volumes")
-    references = [str(r) for r in references]
-    subscores = tuple(subscores)
-    bad = [s for s in subscores if s not in SUBSCORES]
+    reference_names = [str(r) for r in references]
+    asked = tuple(subscores)
+    bad = [s for s in asked if s not in SUBSCORES]
     if bad:
         raise NeurosynthError(f"unknown sub-score(s) {', '.join(bad)}; choose from {', '.join(SUBSCORES)}")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -391,7 +486,7 @@ def create_study(
         for sub in subdirs:
             for case_id, path in _volumes_in(sub).items():
                 case = cases.setdefault(case_id, Case(case_id, {}, {}))
-                (case.references if sub.name in references else case.conditions)[sub.name] = path
+                (case.references if sub.name in reference_names else case.conditions)[sub.name] = path
         # acquired first, then models in name order
         for case in cases.values():
             case.conditions = dict(sorted(case.conditions.items(), key=lambda kv: (kv[0] != acquired, kv[0])))
@@ -402,7 +497,7 @@ def create_study(
                 continue
             case = Case(sub.name, {}, {})
             for name, path in sorted(volumes.items(), key=lambda kv: (kv[0] != acquired, kv[0])):
-                (case.references if name in references else case.conditions)[name] = path
+                (case.references if name in reference_names else case.conditions)[name] = path
             cases[sub.name] = case
     cases = {k: c for k, c in cases.items() if c.conditions}
     if not cases:
@@ -414,13 +509,15 @@ def create_study(
         raise NeurosynthError(f"no '{acquired}' condition found in {folder}")
     conditions = {cond for c in cases.values() for cond in c.conditions}
     if len(conditions) < 2:
-        raise NeurosynthError(f"{folder} holds only the condition(s) {', '.join(sorted(conditions))}; add model outputs to compare")
+        raise NeurosynthError(
+            f"{folder} holds only the condition(s) {', '.join(sorted(conditions))}; add model outputs to compare"
+        )
     return Study(
         id=study_id or folder.resolve().name,
         cases=list(cases.values()),
         blinded=blinded,
         seed=int(seed),
-        subscores=subscores,
+        subscores=asked,
         turing=turing,
     )
 
@@ -430,6 +527,14 @@ def rater_seed(study: Study, rater: str) -> int:
 
     Python's ``hash()`` of a string changes between runs, so a cryptographic hash
     gives the stable value needed to reproduce an order.
+
+    Examples
+    --------
+    >>> study = Study("pilot", [], seed=3)
+    >>> rater_seed(study, "dr-a") == rater_seed(study, "dr-a"), rater_seed(study, "dr-a") == rater_seed(study, "dr-b")
+    (True, False)
+    >>> 0 <= rater_seed(study, "dr-a") < 2**63   # fits SQLite's signed 64-bit INTEGER
+    True
     """
     digest = hashlib.sha256(f"{study.id}\0{study.seed}\0{rater}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1  # fits SQLite's signed 64-bit INTEGER
@@ -441,6 +546,17 @@ def presentation_order(study: Study, rater: str) -> list[tuple[str, str]]:
     A random permutation, then a pass that moves items so the same case is not
     shown twice in a row where that can be avoided (seeing the acquired image
     right before its synthetic twin would bias the second score).
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> study = Study("pilot", [Case(c, {"acquired": Path(f"acq/{c}.nii.gz"), "t1_to_t2": Path(f"syn/{c}.nii.gz")})
+    ...                         for c in ("sub-01", "sub-02", "sub-03")], seed=3)
+    >>> order = presentation_order(study, "dr-a")
+    >>> sorted(order) == sorted(study.items), order == presentation_order(study, "dr-a")
+    (True, True)
+    >>> any(a[0] == b[0] for a, b in zip(order, order[1:]))   # never the same case twice in a row
+    False
     """
     rng = np.random.default_rng(rater_seed(study, rater))
     items = [study.items[i] for i in rng.permutation(len(study.items))]
@@ -476,9 +592,42 @@ class ReaderSession:
     clock : callable, optional
         Returns seconds (default :func:`time.monotonic`); time on each item is
         measured with it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from napari_neurosynth.ratings import RatingStore
+    >>> study = Study("pilot", [Case(c, {"acquired": Path(f"{c}-a.nii.gz"), "model": Path(f"{c}-m.nii.gz")})
+    ...                         for c in ("sub-01", "sub-02")], subscores=("realism",))
+    >>> store = RatingStore(Path(tempfile.mkdtemp()) / "r.sqlite")
+    >>> ticks = iter(range(0, 1000, 10))   # a clock that advances 10 s per reading
+    >>> session = ReaderSession(study, "dr-a", store, clock=lambda: float(next(ticks)))
+    >>> session.progress, session.first_unrated(), session.resumed
+    ((0, 4), 0, False)
+    >>> row_id = session.rate(4, realism=3)
+    >>> session.rating_for()["realism"], session.rate(4, realism=3) == row_id   # same answers: nothing new
+    (3, True)
+    >>> session.rating_for()["seconds_on_case"] > 0
+    True
+    >>> session.record(*session.current, 5, lesion_conspicuity=2)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: study 'pilot' does not ask for lesion_conspicuity
+    >>> session.record("sub-03", "model", 3)
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: study 'pilot' has no case 'sub-03'
+    >>> _ = session.go_to(99); session.position, session.at_end, session.first_unrated()
+    (3, True, 1)
+    >>> session.paths(("sub-01", "model"))
+    (PosixPath('sub-01-m.nii.gz'), {})
+    >>> store.close()
     """
 
-    def __init__(self, study: Study, rater: str, store: RatingStore, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, study: Study, rater: str, store: RatingStore, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         rater = "" if rater is None else str(rater).strip()
         if not rater:
             raise NeurosynthError("enter a rater id to start the study")
@@ -490,7 +639,7 @@ class ReaderSession:
         stored = store.load_session(rater, study.id)
         if stored is None:
             stored = store.create_session(rater, study.id, rater_seed(study, rater), presentation_order(study, rater))
-        order = [tuple(item) for item in stored["order"]]
+        order = cast(list[tuple[str, str]], [tuple(item) for item in stored["order"]])
         if sorted(order) != sorted(study.items):
             raise NeurosynthError(
                 f"study {study.id!r} changed since rater {rater!r} started it (cases or conditions differ); "
@@ -554,7 +703,7 @@ class ReaderSession:
         return self._elapsed.get(self.current, 0.0) + max(0.0, self._clock() - self._shown_at)
 
     # -- ratings ----------------------------------------------------------------------------
-    def _current_ratings(self) -> list[dict[str, Any]]:
+    def _current_ratings(self) -> list[RatingRow]:
         return self.store.ratings(study=self.study.id, rater=self.rater)
 
     def _rated_count(self) -> int:
@@ -571,7 +720,7 @@ class ReaderSession:
         """(items rated, items in the study)."""
         return self._rated_count(), len(self.items)
 
-    def rating_for(self, item: tuple[str, str] | None = None) -> dict[str, Any] | None:
+    def rating_for(self, item: tuple[str, str] | None = None) -> RatingRow | None:
         """The rating in force for ``item`` (default: the current one), or ``None``."""
         case_id, condition = item or self.current
         for row in reversed(self._current_ratings()):
@@ -585,7 +734,9 @@ class ReaderSession:
         unasked = [k for k in SUBSCORES if extra.get(k) is not None and k not in self.study.subscores]
         if unasked:
             raise NeurosynthError(f"study {self.study.id!r} does not ask for {', '.join(unasked)}")
-        if not self.study.turing and (extra.get("turing_choice") is not None or extra.get("turing_confidence") is not None):
+        if not self.study.turing and (
+            extra.get("turing_choice") is not None or extra.get("turing_confidence") is not None
+        ):
             raise NeurosynthError(f"study {self.study.id!r} does not ask the real-vs-synthetic question")
         return self.store.record(self.rater, str(case_id), str(condition), score, study=self.study.id, **extra)
 
@@ -597,8 +748,10 @@ class ReaderSession:
         """
         case_id, condition = self.current
         previous = self.rating_for()
-        if previous is not None and previous["score"] == score and all(
-            previous.get(k) == (v if v != "" else None) for k, v in extra.items() if k != "seconds_on_case"
+        if (
+            previous is not None
+            and previous["score"] == score
+            and all(previous.get(k) == (v if v != "" else None) for k, v in extra.items() if k != "seconds_on_case")
         ):
             return int(previous["id"])
         extra.setdefault("seconds_on_case", round(self.seconds_on_current(), 3))

@@ -48,10 +48,9 @@ def env_models(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def bundle(env_models):
-    torch.manual_seed(0)
-    net = build_network("resnet", in_channels=3, base=4, n_blocks=1)
-    folder = save_bundle(net, _card(), env_models / "tiny_t1_to_t2")
+def bundle(env_models, make_bundle):
+    net = make_bundle.network("resnet", context=1)
+    folder = make_bundle(env_models, network=net, card=_card())
     return folder, net
 
 
@@ -88,13 +87,13 @@ def test_round_trip_by_path_card_and_name(bundle):
     assert "phantom" in text and "psnr 25.5" in text
 
 
-def test_list_models_and_first_match_wins(bundle, tmp_path, monkeypatch):
+def test_list_models_and_first_match_wins(bundle, make_bundle, tmp_path, monkeypatch):
     folder, _ = bundle
     assert "tiny_t1_to_t2" in list_models()
     # a second folder later in the path with the same name does not shadow the first
     other = tmp_path / "other"
-    save_bundle(build_network("unet", in_channels=3, base=4, depth=1), _card(), other / "tiny_t1_to_t2")
-    save_bundle(build_network("unet", in_channels=3, base=4, depth=1), _card("second"), other / "second")
+    make_bundle(other, arch="unet", depth=1, card=_card())
+    make_bundle(other, "second", arch="unet", depth=1, card=_card("second"))
     monkeypatch.setenv("NEUROSYNTH_MODELS_PATH", os.pathsep.join([str(folder.parent), str(other)]))
     names = list_models()
     assert names == sorted(set(names)) and {"tiny_t1_to_t2", "second"} <= set(names)
@@ -104,7 +103,7 @@ def test_list_models_and_first_match_wins(bundle, tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_available(bundle):
-    with pytest.raises(NeurosynthError, match="no model named 'nope'.*tiny_t1_to_t2"):
+    with pytest.raises(NeurosynthError, match=r"no model named 'nope'.*tiny_t1_to_t2"):
         load_model("nope")
 
 
@@ -114,7 +113,7 @@ def test_flipped_byte_is_checksum_error(bundle):
     data = bytearray(w.read_bytes())
     data[-5] ^= 0x01
     w.write_bytes(bytes(data))
-    with pytest.raises(NeurosynthError, match="checksum mismatch.*corrupt"):
+    with pytest.raises(NeurosynthError, match=r"checksum mismatch.*corrupt"):
         load_model(folder)
 
 
@@ -132,7 +131,7 @@ def test_unknown_architecture(bundle):
     card = json.loads((folder / "card.json").read_text())
     card["architecture"]["name"] = "transformer"
     (folder / "card.json").write_text(json.dumps(card))
-    with pytest.raises(NeurosynthError, match="unknown architecture 'transformer'.*resnet, unet, fusion, mcsr"):
+    with pytest.raises(NeurosynthError, match=r"unknown architecture 'transformer'.*resnet, unet, fusion, mcsr"):
         load_model(folder)
 
 
@@ -141,7 +140,7 @@ def test_weights_that_do_not_fit_the_architecture(bundle):
     card = json.loads((folder / "card.json").read_text())
     card["architecture"]["args"]["base"] = 8  # weights were trained with base 4
     (folder / "card.json").write_text(json.dumps(card))
-    with pytest.raises(NeurosynthError, match="do not fit the card's architecture.*shape mismatch"):
+    with pytest.raises(NeurosynthError, match=r"do not fit the card's architecture.*shape mismatch"):
         load_model(folder)
 
 
@@ -190,19 +189,26 @@ def test_pickle_checkpoint_refused_without_unpickling(tmp_path, env_models):
     ckpt = tmp_path / "model.pt"
     torch.save({"state_dict": {}, "evil": _Booby(str(marker))}, ckpt)
     # sanity: the file really would run code if unpickled
-    with pytest.raises(NeurosynthError, match="pickle-based checkpoint.*safetensors.*convert"):
+    with pytest.raises(NeurosynthError, match=r"pickle-based checkpoint.*safetensors.*convert"):
         load_model(ckpt)
     assert not marker.exists()
     # a folder holding only such a file is refused too
     folder = tmp_path / "pt_bundle"
     folder.mkdir()
     (folder / "weights.pth").write_bytes(ckpt.read_bytes())
-    with pytest.raises(NeurosynthError, match="refusing to load weights.pth"):
+    with pytest.raises(NeurosynthError, match=r"refusing to load weights.pth"):
         load_model(folder)
     # a card pointing at a pickle is refused before the file is opened
-    (folder / "card.json").write_text(json.dumps({**_card(context=0), "weights": {"file": "weights.pth", "sha256": "0" * 64},
-                                                  "architecture": {"name": "resnet", "args": {"in_channels": 1}}}))
-    with pytest.raises(NeurosynthError, match="refusing to load weights.pth"):
+    (folder / "card.json").write_text(
+        json.dumps(
+            {
+                **_card(context=0),
+                "weights": {"file": "weights.pth", "sha256": "0" * 64},
+                "architecture": {"name": "resnet", "args": {"in_channels": 1}},
+            }
+        )
+    )
+    with pytest.raises(NeurosynthError, match=r"refusing to load weights.pth"):
         load_model(folder)
     assert not marker.exists()
     # and the marker mechanism works (so its absence above means something)
@@ -223,17 +229,14 @@ def test_safetensors_name_with_pickle_content_is_rejected(bundle):
         load_model(folder)
 
 
-def test_every_architecture_round_trips(tmp_path):
-    configs = {
-        "unet": {"in_channels": 2, "base": 4, "depth": 2},
-        "fusion": {"n_inputs": 2, "channels_per_input": 1, "base": 4, "n_blocks": 1},
-        "mcsr": {"source_channels": 1, "lowres_channels": 1, "base": 4, "n_blocks": 2},
-    }
+def test_every_architecture_round_trips(tmp_path, make_bundle):
     x = torch.rand(1, 2, 16, 16)
-    for name, args in configs.items():
-        net = build_network(name, **args).eval()
-        card = {**_card(name, inputs=("t1", "t2_lowres") if name == "mcsr" else ("t1", "pd"), context=0)}
-        folder = save_bundle(net, card, tmp_path / name)
+    for name in ("unet", "fusion", "mcsr"):
+        inputs = ("t1", "t2_lowres") if name == "mcsr" else ("t1", "pd")
+        net = make_bundle.network(name, inputs, context=0).eval()
+        folder = make_bundle(
+            tmp_path, name, arch=name, inputs=inputs, context=0, network=net, card=_card(name, inputs=inputs, context=0)
+        )
         model = load_model(folder)
         with torch.no_grad():
             assert torch.equal(model.network(x), net(x)), name
@@ -329,7 +332,9 @@ def test_listing_models_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from napari_neurosynth.bundle import list_models; list_models(); "
-            "print('torch' in sys.modules, 'monai' in sys.modules)")
+    code = (
+        "import sys; from napari_neurosynth.bundle import list_models; list_models(); "
+        "print('torch' in sys.modules, 'monai' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

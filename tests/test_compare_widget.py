@@ -9,27 +9,17 @@ import numpy as np
 import pytest
 
 from napari_neurosynth import explain
-from napari_neurosynth.bundle import save_bundle
 from napari_neurosynth.io import Volume
 from napari_neurosynth.metrics import evaluate
-from napari_neurosynth.networks import build_network
-from napari_neurosynth.viewer.layers import layer_to_volume, volume_to_layer_data
+from napari_neurosynth.viewer.layers import layer_to_volume, viewer_camera, volume_to_layer_data
 
 WAIT_MS = 60_000
 
 
 @pytest.fixture
-def models_dir(tmp_path_factory, monkeypatch):
-    import torch
-
+def models_dir(tmp_path_factory, monkeypatch, make_bundle):
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    net = build_network("resnet", in_channels=3, base=4, n_blocks=1)
-    save_bundle(net, {
-        "name": "tiny_t1_to_t2", "task": "cms", "inputs": ["t1"], "output": "t2",
-        "slicing": {"plane": "axial", "context": 1},
-        "training": {"data": "napari-neurosynth phantom", "phantom_only": True},
-    }, root / "tiny_t1_to_t2")
+    make_bundle(root, card={"training": {"data": "napari-neurosynth phantom", "phantom_only": True}})
     monkeypatch.setenv("NEUROSYNTH_MODELS_PATH", str(root))
     return root
 
@@ -94,14 +84,16 @@ def test_layer_choices_preselected(compare_viewer, phantom3):
     viewer.layers.remove("brain_mask")
     assert w.target_combo.layer().name == "PD"
     assert w.mask_combo.layer() is None and "brain_mask" not in [
-        w.mask_combo.itemText(i) for i in range(w.mask_combo.count())]
+        w.mask_combo.itemText(i) for i in range(w.mask_combo.count())
+    ]
 
 
 def test_metrics_table_equals_evaluate_and_exports(compare_viewer, qtbot, phantom3, fake_synth, tmp_path):
-    viewer, w = compare_viewer
+    _, w = compare_viewer
     _wait(qtbot, w, w.compute_metrics())
-    expected = evaluate(fake_synth[0], phantom3["t2"], phantom3["brain_mask"], phantom3["lesion_mask"],
-                        normalize=True)
+    expected = evaluate(
+        fake_synth[0], phantom3["t2"], mask=phantom3["brain_mask"], lesion=phantom3["lesion_mask"], normalize=True
+    )
     rows = {r["region"]: r for r in w.metrics_table.rows}
     assert set(rows) == {"global", "brain", "lesion"}
     for region in rows:
@@ -111,7 +103,11 @@ def test_metrics_table_equals_evaluate_and_exports(compare_viewer, qtbot, phanto
     assert w.metrics_table.cell_text(1, "psnr") == f"{expected['regions']['brain']['psnr']:.4g}"
     assert len(w.kspace_table.rows) == len(expected["kspace"])
     assert w.fidelity_table.rows and {r["status"] for r in w.fidelity_table.rows} <= {
-        "preserved", "attenuated", "erased", "not visible"}
+        "preserved",
+        "attenuated",
+        "erased",
+        "not visible",
+    }
     # copy as TSV
     w.metrics_table.copy()
     from qtpy.QtWidgets import QApplication
@@ -138,8 +134,9 @@ def test_difference_map_regions_and_jump(compare_viewer, qtbot, phantom3, fake_s
     assert cmap.map([0.5])[0][3] == 0.0 and cmap.map([0.0])[0][2] == 1.0 and cmap.map([1.0])[0][0] == 1.0
     assert tuple(z_layer.contrast_limits) == (-5.0, 5.0)
     np.testing.assert_allclose(z_layer.affine.affine_matrix, viewer.layers["T2"].affine.affine_matrix)
-    expected = explain.difference_map(fake_synth[0], phantom3["t2"], phantom3["brain_mask"],
-                                      lesion=phantom3["lesion_mask"])
+    expected = explain.difference_map(
+        fake_synth[0], phantom3["t2"], phantom3["brain_mask"], lesion=phantom3["lesion_mask"]
+    )
     np.testing.assert_allclose(z_layer.data, expected, atol=1e-6)
     assert w.smooth_spin.value() == 0 and z_layer.metadata["smooth_mm"] == 0
     regions = viewer.layers["disagreement regions"]
@@ -156,15 +153,18 @@ def test_difference_map_regions_and_jump(compare_viewer, qtbot, phantom3, fake_s
     axis = viewer.dims.not_displayed[0]
     world = regions.data_to_world(row["centroid_voxel"])
     assert viewer.dims.point[axis] == pytest.approx(world[axis], abs=3.0)  # within one 3 mm slice
-    np.testing.assert_allclose(viewer.camera.center[-2:], np.asarray(world)[list(viewer.dims.displayed)], atol=1e-3)
+    np.testing.assert_allclose(
+        viewer_camera(viewer).center[-2:], np.asarray(world)[list(viewer.dims.displayed)], atol=1e-3
+    )
     assert regions.selected_label == blob_label
 
     # smoothing: the same z-map function with smooth_mm, recorded on the layers, the blob still found
     w.smooth_spin.setValue(1.5)
     _wait(qtbot, w, w.add_difference_map())
     z_layer = viewer.layers["z-map: T2 (synthesized: fake) vs T2"]
-    smoothed = explain.difference_map(fake_synth[0], phantom3["t2"], phantom3["brain_mask"],
-                                      lesion=phantom3["lesion_mask"], smooth_mm=1.5)
+    smoothed = explain.difference_map(
+        fake_synth[0], phantom3["t2"], phantom3["brain_mask"], lesion=phantom3["lesion_mask"], smooth_mm=1.5
+    )
     np.testing.assert_allclose(z_layer.data, smoothed, atol=1e-6)
     assert not np.allclose(smoothed, expected)
     assert z_layer.metadata["smooth_mm"] == 1.5 and viewer.layers["disagreement regions"].metadata["smooth_mm"] == 1.5
@@ -223,7 +223,7 @@ def test_end_to_end_synthesize_then_explain(make_napari_viewer, models_dir, phan
     assert w.synth_combo.layer() is synth and w.target_combo.layer().name == "T2"
     assert w.lesion_combo.layer() is None
     _wait(qtbot, w, w.compute_metrics())
-    expected = evaluate(layer_to_volume(synth), phantom3["t2"], phantom3["brain_mask"], normalize=True)
+    expected = evaluate(layer_to_volume(synth), phantom3["t2"], mask=phantom3["brain_mask"], normalize=True)
     assert w.metrics_table.rows[0]["psnr"] == pytest.approx(expected["psnr"], rel=1e-9)
     _wait(qtbot, w, w.add_difference_map())
     assert "disagreement regions" in viewer.layers
@@ -242,8 +242,8 @@ def test_end_to_end_synthesize_then_explain(make_napari_viewer, models_dir, phan
     assert mask.sum() == 25 and mask[:, :, k].sum() == 25
     # a Labels ROI painted on two slices counts only on the slice in view
     painted = np.zeros(phantom3["t1"].shape, np.uint8)
-    painted[i0:i0 + 3, j0:j0 + 3, k] = 1
-    painted[i0:i0 + 3, j0:j0 + 3, k + 5] = 1
+    painted[i0 : i0 + 3, j0 : j0 + 3, k] = 1
+    painted[i0 : i0 + 3, j0 : j0 + 3, k + 5] = 1
     _add(viewer, phantom3["t1"].with_data(painted), "ROI labels", kind="labels")
     w.roi_combo.set_layer("ROI labels")
     labels_mask = w.roi_mask()

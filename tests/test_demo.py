@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_neurosynth.demo import SCREENSHOTS, run_demo
+from napari_neurosynth.viewer.demo import SCREENSHOTS, run_demo
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ input); the shipped ``t1_to_t2`` bundle is checked for quality when present.
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -46,8 +47,13 @@ def _bundle(tmp_path, name="rnd", arch="resnet", inputs=("t1",), output="t2", co
         net = build_network("fusion", n_inputs=len(inputs), channels_per_input=per, base=4, n_blocks=1)
     else:
         net = build_network("mcsr", source_channels=per, lowres_channels=per, base=4, n_blocks=2)
-    card = {"name": name, "task": task, "inputs": list(inputs), "output": output,
-            "slicing": {"plane": "axial", "context": context}}
+    card = {
+        "name": name,
+        "task": task,
+        "inputs": list(inputs),
+        "output": output,
+        "slicing": {"plane": "axial", "context": context},
+    }
     return load_model(save_bundle(net, card, tmp_path / name))
 
 
@@ -173,7 +179,7 @@ def test_mcsr_lowres_input_is_resampled_automatically(tmp_path, phantom3, t1):
 def test_mismatched_grid_is_refused_then_resampled_on_request(tmp_path, slab):
     m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
     moved = _padded(slab["t2"], 4)
-    with pytest.raises(NeurosynthError, match="different grid.*resample"):
+    with pytest.raises(NeurosynthError, match=r"different grid.*resample"):
         synthesize(m, [slab["t1"], moved], device="cpu")
     out = synthesize(m, [slab["t1"], moved], device="cpu", resample=True)
     direct = synthesize(m, [slab["t1"], slab["t2"]], device="cpu")
@@ -189,7 +195,7 @@ def test_progress_is_monotonic_and_ends_at_one(model, t1):
     seen = []
     synthesize(model, t1, device="cpu", progress=seen.append, batch_size=3)
     assert seen[0] == 0.0 and seen[-1] == 1.0
-    assert all(b >= a for a, b in zip(seen, seen[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(seen))
     assert len(seen) > 5  # reported per batch, not only at the end
 
 
@@ -252,7 +258,7 @@ def test_out_of_memory_halves_the_batch_and_still_matches(model, t1, ref):
 
 def test_out_of_memory_with_one_slice_is_a_clear_error(model, t1):
     wrapped = Model(model.card, _OOMAbove(model.network, limit=0), model.path, model.name)
-    with pytest.raises(NeurosynthError, match="out of memory.*one slice"):
+    with pytest.raises(NeurosynthError, match=r"out of memory.*one slice"):
         synthesize(wrapped, t1, device="cpu")
 
 
@@ -291,13 +297,13 @@ def test_wrong_number_of_inputs(model, t1):
 
 def test_input_marked_with_another_modality(model, slab):
     flair = slab["flair"]
-    with pytest.raises(NeurosynthError, match="marked as 'flair'.*expects t1"):
+    with pytest.raises(NeurosynthError, match=r"marked as 'flair'.*expects t1"):
         synthesize(model, flair, device="cpu")
 
 
 def test_bare_array_on_another_grid(tmp_path, slab):
     m = _bundle(tmp_path, arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
-    with pytest.raises(NeurosynthError, match="bare array .*pass it as a Volume"):
+    with pytest.raises(NeurosynthError, match=r"bare array .*pass it as a Volume"):
         synthesize(m, [slab["t1"], slab["t2"].data[:-2]], device="cpu", resample=True)
 
 
@@ -333,14 +339,20 @@ def test_3d_sliding_window_matches_whole_volume_and_reports(t1, tmp_path):
     with torch.no_grad():
         whole = net(x[None, None].float())[0, 0].numpy()
     for patch, tol in ((list(t1.shape), 1e-5), ([32, 32, 32], 0.02)):
-        card = {"name": "tiny3d", "task": "cms", "inputs": ["t1"], "output": "t2", "normalization": norm,
-                "slicing": {"plane": "axial", "context": 0, "patch_size": patch, "overlap": 0.25}}
+        card = {
+            "name": "tiny3d",
+            "task": "cms",
+            "inputs": ["t1"],
+            "output": "t2",
+            "normalization": norm,
+            "slicing": {"plane": "axial", "context": 0, "patch_size": patch, "overlap": 0.25},
+        }
         seen = []
         out = synthesize(Model(card, net, tmp_path, "tiny3d"), t1, device="cpu", progress=seen.append)
         assert out.shape == t1.shape
         # one window: exact; 32^3 windows: MONAI's blending differs only near window borders
         assert np.abs(out - whole).mean() < tol * np.abs(whole).mean() + 1e-6
-        assert seen[-1] == 1.0 and all(b >= a for a, b in zip(seen, seen[1:]))
+        assert seen[-1] == 1.0 and all(b >= a for a, b in itertools.pairwise(seen))
     assert len(seen) > 3  # progress per window batch
 
 
@@ -359,8 +371,19 @@ def test_cli_single_subject(tmp_path, t1, model):
     from napari_neurosynth.cli import main
 
     write_volume(t1, tmp_path / "t1.nii.gz")
-    rc = main(["synthesize", str(tmp_path / "t1.nii.gz"), "--model", str(model.path), "-o",
-               str(tmp_path / "out.nii.gz"), "--device", "cpu", "-q"])
+    rc = main(
+        [
+            "synthesize",
+            str(tmp_path / "t1.nii.gz"),
+            "--model",
+            str(model.path),
+            "-o",
+            str(tmp_path / "out.nii.gz"),
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     assert rc == 0
     out = read_volume(tmp_path / "out.nii.gz")
     assert same_grid(out, t1)
@@ -386,12 +409,32 @@ def test_cli_batch_glob_and_csv(tmp_path, t1, model):
     from napari_neurosynth.cli import main
 
     data = _write_subjects(tmp_path / "data", t1)
-    rc = main(["synthesize", "--batch", str(data / "*" / "*_t1.nii.gz"), "--model", str(model.path),
-               "-o", str(tmp_path / "g"), "-q"])
+    rc = main(
+        [
+            "synthesize",
+            "--batch",
+            str(data / "*" / "*_t1.nii.gz"),
+            "--model",
+            str(model.path),
+            "-o",
+            str(tmp_path / "g"),
+            "-q",
+        ]
+    )
     assert rc == 0 and len(list((tmp_path / "g").iterdir())) == 2
     (tmp_path / "list.csv").write_text("subject,t1\nalpha,data/sub0/sub0_t1.nii.gz\nbeta,data/missing_t1.nii.gz\n")
-    rc = main(["synthesize", "--batch", str(tmp_path / "list.csv"), "--model", str(model.path),
-               "-o", str(tmp_path / "c"), "-q"])
+    rc = main(
+        [
+            "synthesize",
+            "--batch",
+            str(tmp_path / "list.csv"),
+            "--model",
+            str(model.path),
+            "-o",
+            str(tmp_path / "c"),
+            "-q",
+        ]
+    )
     assert rc == 1 and [p.name for p in (tmp_path / "c").iterdir()] == ["alpha_t2_synth.nii.gz"]
 
 
@@ -400,8 +443,10 @@ def test_cli_usage_errors_exit_2(tmp_path, model, capsys):
 
     assert main(["synthesize", "--model", str(model.path), "-o", str(tmp_path / "x.nii.gz")]) == 2
     assert "either INPUT files" in capsys.readouterr().err
-    assert main(["synthesize", "--batch", str(tmp_path / "nothing.csv"), "--model", str(model.path),
-                 "-o", str(tmp_path)]) == 2
+    assert (
+        main(["synthesize", "--batch", str(tmp_path / "nothing.csv"), "--model", str(model.path), "-o", str(tmp_path)])
+        == 2
+    )
 
 
 # --------------------------------------------------------------------------- GPU and the shipped model
@@ -438,3 +483,78 @@ def test_shipped_t1_to_t2_beats_the_input_baseline(phantom3):
     full = synthesize(m, phantom3["t1"], device="cpu", crop=False)
     assert np.abs(out - full)[brain].mean() < 0.01
     assert psnr(out, t2, brain) > psnr(full, t2, brain) - 0.5
+
+
+# --------------------------------------------------------------------------- the slice plan
+
+
+def _naive_stack(stacks, slices, c, divisor):
+    """Test oracle (the loop the plan replaced): per slice, per input, offsets -c..c, edges repeated, padded."""
+    n, H, W = stacks[0].shape
+    out = []
+    for s in slices:
+        chans = [st[min(max(s + o, 0), n - 1)] for st in stacks for o in range(-c, c + 1)]
+        x = np.stack(chans)
+        out.append(np.pad(x, ((0, 0), (0, (-H) % divisor), (0, (-W) % divisor))))
+    return np.stack(out).astype(np.float32)
+
+
+def test_stack_batch_numpy_and_tensor_agree_with_the_naive_stacking():
+    from napari_neurosynth.slicing import context_indices, stack_batch
+
+    rng = np.random.default_rng(0)
+    stacks = [rng.random((7, 10, 13)).astype(np.float32) for _ in range(2)]
+    slices = [0, 3, 6, 6]
+    ref = _naive_stack(stacks, slices, 2, 4)
+    x_np = stack_batch(stacks, slices, 2, divisor=4)
+    x_t = stack_batch([torch.from_numpy(s) for s in stacks], np.array(slices), 2, divisor=4)
+    assert isinstance(x_np, np.ndarray) and isinstance(x_t, torch.Tensor)
+    np.testing.assert_array_equal(x_np, ref)
+    np.testing.assert_array_equal(x_t.numpy(), ref)
+    assert context_indices([0, 6], 2, 7).tolist() == [[0, 0, 0, 1, 2], [4, 5, 6, 6, 6]]
+    # a shared box, per-slice boxes of one size, a training patch size, scales applied on the fly
+    box = (2, 7, 3, 9)
+    sub = [s[:, 2:7, 3:9] for s in stacks]
+    np.testing.assert_array_equal(stack_batch(stacks, slices, 1, box=box), _naive_stack(sub, slices, 1, 1))
+    boxes = np.array([[0, 5, 0, 6], [5, 10, 7, 13]])
+    per = stack_batch([torch.from_numpy(s) for s in stacks], [1, 2], 0, box=boxes)
+    np.testing.assert_array_equal(per[1, 0].numpy(), stacks[0][2, 5:10, 7:13])
+    patch = stack_batch(stacks, [1], 1, box=box, size=(8, 8))
+    assert patch.shape == (1, 6, 8, 8) and not patch[:, :, 5:].any() and not patch[:, :, :, 6:].any()
+    scaled = stack_batch(stacks, slices, 0, scales=[2.0, 4.0])
+    np.testing.assert_allclose(scaled[:, 1], stacks[1][slices] / 4.0, rtol=1e-6)
+    with pytest.raises(NeurosynthError, match="out of range"):
+        stack_batch(stacks, [7], 0)
+    with pytest.raises(NeurosynthError, match=r"one .*size"):
+        stack_batch(stacks, [1, 2], 0, box=np.array([[0, 5, 0, 6], [0, 6, 0, 6]]))
+
+
+def test_slice_plan_is_the_card_preprocessing(slab):
+    """The plan's batch is the card's rule written out: per-input percentile scale, slicing
+    axis from the affine, 2.5-D context with repeated edges, zero padding to the divisor."""
+    from napari_neurosynth.slicing import SlicePlan, slicing_axis
+
+    card = {
+        "inputs": ["t1", "t2"],
+        "slicing": {"plane": "axial", "context": 1},
+        "normalization": {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1},
+    }
+    vols = [slab["t1"], slab["t2"]]
+    plan = SlicePlan.from_card(card, vols, divisor=8)
+    axis = slicing_axis(card, vols[0].affine)
+    assert plan.axis == axis == 2 and plan.channels == 6 and plan.n_slices == vols[0].shape[2]
+    normed = [
+        np.moveaxis(v.data.astype(np.float32) / intensity_scale(v.data, card["normalization"]), axis, 0) for v in vols
+    ]
+    slices = [0, 5, plan.n_slices - 1]
+    np.testing.assert_allclose(plan.batch(slices).numpy(), _naive_stack(normed, slices, 1, 8), rtol=1e-6, atol=1e-7)
+    todo, boxes = plan.crop_boxes(crop=True)
+    H, W = plan.plane_shape
+    hs, ws = boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]
+    assert len(todo) and ((hs % 8 == 0) | (hs == H)).all() and ((ws % 8 == 0) | (ws == W)).all()  # batchable sizes
+    all_todo, whole = plan.crop_boxes(crop=False)
+    assert all_todo.tolist() == list(range(plan.n_slices)) and (whole == [0, H, 0, W]).all()
+    # the same rule on a volume stored with another axis order: the plan follows the affine
+    perm = Volume(np.ascontiguousarray(np.moveaxis(vols[0].data, 2, 0)), vols[0].affine[:, [2, 0, 1, 3]])
+    p2 = SlicePlan.from_card({**card, "inputs": ["t1"]}, [perm])
+    assert p2.axis == 0 and p2.n_slices == plan.n_slices

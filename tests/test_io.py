@@ -166,8 +166,14 @@ def test_nilearn_mgz_reads_like_nibabel():
 # --------------------------------------------------------------------------- DICOM
 
 
-def make_dicom_series(folder: Path, n_slices: int = 4, series_uid: str | None = None, oblique: bool = True,
-                      spacing: float = 2.5, prefix: str = "IM") -> list[dict]:
+def make_dicom_series(
+    folder: Path,
+    n_slices: int = 4,
+    series_uid: str | None = None,
+    oblique: bool = True,
+    spacing: float = 2.5,
+    prefix: str = "IM",
+) -> list[dict]:
     # hand-built with pydicom because no multi-slice MR series ships with the installed packages
     """Write an n-slice series from pydicom's MR_small (file names in reverse slice order).
 
@@ -203,10 +209,16 @@ def make_dicom_series(folder: Path, n_slices: int = 4, series_uid: str | None = 
         ds.SliceLocation = float(pos @ normal)
         # file names run against slice order, so the reader must sort by position
         ds.save_as(folder / f"{prefix}{n_slices - 1 - k:03d}.dcm")
-        info.append({"k": k, "pixels": pixels, "ipp": np.array([float(v) for v in ds.ImagePositionPatient]),
-                     "row_dir": np.array([float(v) for v in ds.ImageOrientationPatient[:3]]),
-                     "col_dir": np.array([float(v) for v in ds.ImageOrientationPatient[3:]]),
-                     "pixel_spacing": [float(v) for v in ds.PixelSpacing]})
+        info.append(
+            {
+                "k": k,
+                "pixels": pixels,
+                "ipp": np.array([float(v) for v in ds.ImagePositionPatient]),
+                "row_dir": np.array([float(v) for v in ds.ImageOrientationPatient[:3]]),
+                "col_dir": np.array([float(v) for v in ds.ImageOrientationPatient[3:]]),
+                "pixel_spacing": [float(v) for v in ds.PixelSpacing],
+            }
+        )
     return sorted(info, key=lambda d: d["k"])
 
 
@@ -291,7 +303,9 @@ def test_truncated_file(tmp_path, ext):
     path = _good(tmp_path, ext)
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(NeurosynthError, match=rf"cannot read good{ext.replace('.', '[.]')} as \w+: the file is corrupt or truncated") as info:
+    with pytest.raises(
+        NeurosynthError, match=rf"cannot read good{ext.replace('.', '[.]')} as \w+: the file is corrupt or truncated"
+    ) as info:
         read_volume(path)
     assert "\n" not in str(info.value)
 
@@ -300,8 +314,9 @@ def test_corrupt_file(tmp_path):
     (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not a nifti header" * 3))
     with pytest.raises(NeurosynthError, match="corrupt or truncated"):
         read_volume(tmp_path / "junk.nii.gz")
-    (tmp_path / "junk.mha").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT\n"
-                                       "ElementDataFile = missing.raw\n")
+    (tmp_path / "junk.mha").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT\nElementDataFile = missing.raw\n"
+    )
     with pytest.raises(NeurosynthError, match="cannot read junk.mha as metaimage"):
         read_volume(tmp_path / "junk.mha")
 
@@ -408,7 +423,7 @@ def test_resample_to_keeps_world_position_and_same_grid():
 
 
 def test_volume_to_sitk_matches_sitk_geometry():
-    image, data = oblique_sitk_image()
+    image, _ = oblique_sitk_image()
     from napari_neurosynth.io import sitk_to_volume
 
     vol = sitk_to_volume(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -31,7 +32,7 @@ def _sk_ssim(s, t, data_range, full=False):
 
 def test_psnr_ssim_match_scikit_image():
     s, t, mask = _pair()
-    r = evaluate(s, t, mask=mask)
+    r = evaluate(s, t, mask=mask, normalize=False)
     R = t.max() - t.min()
     assert abs(r["psnr"] - peak_signal_noise_ratio(t, s, data_range=R)) < 1e-3
     assert abs(r["ssim"] - _sk_ssim(s, t, R)) < 1e-3
@@ -63,13 +64,13 @@ def test_blurred_target_error_increases_with_frequency():
     s = ndi.gaussian_filter(t, 0.8)
     bands = kspace_band_errors(s, t, spacing=(2.0, 2.0, 2.0), n_bands=6)
     errs = [b["rel_error"] for b in bands]
-    assert all(b > a for a, b in zip(errs, errs[1:])), errs
+    assert all(b > a for a, b in itertools.pairwise(errs)), errs
     assert errs[0] < 0.1 and errs[-1] > 0.8
     # cycles/mm: Nyquist of 2 mm voxels is 0.25 cycles/mm
     assert bands[0]["low"] == 0 and bands[-2]["high"] == pytest.approx(0.25 * 5 / 6)
     assert sum(b["target_energy"] for b in bands) == pytest.approx(1.0)
     # Blur barely moves PSNR in the low-frequency-dominated image; the profile shows it.
-    assert evaluate(s, t)["kspace"][-1]["rel_error"] > 0.8
+    assert evaluate(s, t, normalize=False)["kspace"][-1]["rel_error"] > 0.8
 
 
 def test_volume_spacing_sets_band_frequencies():
@@ -85,13 +86,31 @@ def test_lesion_rows_and_normalize_option():
     lesion = np.zeros(t.shape, np.uint8)
     lesion[15:20, 15:20, 15:20] = 3
     t2 = t + 0.5 * (lesion > 0)  # a bright lesion on the acquired image ...
-    r = evaluate(s, t2, mask=mask, lesion=lesion)  # ... that the synthesis lacks
+    r = evaluate(s, t2, mask=mask, lesion=lesion, normalize=False)  # ... that the synthesis lacks
     assert r["mae_lesion"] > 3 * r["mae_brain"]  # the flattened lesion stands out
     assert r["regions"]["lesion"]["n_voxels"] == 125
-    # A global scale mismatch disappears with normalize=True.
-    r_raw = evaluate(t * 0.001, t, mask=mask)
-    r_norm = evaluate(t * 0.001, t, mask=mask, normalize=True)
-    assert r_raw["mae"] > 1 and r_norm["mae"] < 1e-5 and r_norm["normalized"]
+    # A global scale mismatch disappears with the default normalize=True ...
+    r_norm = evaluate(t * 0.001, t, mask=mask)
+    r_raw = evaluate(t * 0.001, t, mask=mask, normalize=False)
+    assert r_raw["mae"] > 1 and r_norm["mae"] < 1e-5 and r_norm["normalized"] and not r_raw["normalized"]
+    # ... and the masks are keyword-only, so a brain mask and a lesion mask cannot be swapped by position.
+    with pytest.raises(TypeError):
+        evaluate(s, t2, mask, lesion)  # type: ignore[misc]
+
+
+def test_normalize_default_is_shared_by_evaluate_difference_map_and_lesion_fidelity():
+    import inspect
+
+    from napari_neurosynth.explain import difference_map, lesion_fidelity
+    from napari_neurosynth.metrics import NORMALIZE_DEFAULT
+
+    for fn in (evaluate, difference_map, lesion_fidelity):
+        params = inspect.signature(fn).parameters
+        assert params["normalize"].default is NORMALIZE_DEFAULT is True, fn.__name__
+        if "lesion" in params:
+            assert params["lesion"].kind is inspect.Parameter.KEYWORD_ONLY, fn.__name__
+        if fn is not difference_map:  # difference_map(synth, target, mask) is the public contract
+            assert params["mask"].kind is inspect.Parameter.KEYWORD_ONLY, fn.__name__
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -123,13 +142,16 @@ def test_cli_evaluate_table_json_csv_and_grid_error(tmp_path, capsys):
         paths[name] = str(tmp_path / f"{name}.nii.gz")
         write_volume(Volume(np.asarray(arr, np.float32) if name != "mask" else arr, affine), paths[name])
 
-    assert main(["evaluate", paths["synth"], paths["target"], "--mask", paths["mask"], "--csv", str(tmp_path / "m.csv")]) == 0
+    assert (
+        main(["evaluate", paths["synth"], paths["target"], "--mask", paths["mask"], "--csv", str(tmp_path / "m.csv")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "global" in out and "brain" in out and "k-space error profile" in out and "normalised" in out
 
     assert main(["evaluate", paths["synth"], paths["target"], "--mask", paths["mask"], "--json", "--no-normalize"]) == 0
     result = json.loads(capsys.readouterr().out)
-    direct = evaluate(s.astype(np.float32), t.astype(np.float32), mask=mask)
+    direct = evaluate(s.astype(np.float32), t.astype(np.float32), mask=mask, normalize=False)
     assert result["psnr_brain"] == pytest.approx(direct["psnr_brain"], abs=1e-3)
     assert result["ssim"] == pytest.approx(direct["ssim"], abs=1e-3)
     assert len(result["kspace"]) == 8 and result["kspace"][0]["low"] == 0
@@ -139,3 +161,39 @@ def test_cli_evaluate_table_json_csv_and_grid_error(tmp_path, capsys):
     assert main(["evaluate", paths["small"], paths["target"]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "different grids" in err
+
+
+def test_one_export_policy_for_non_finite_numbers(tmp_path, capsys):
+    """NaN/Inf are null in JSON and empty in CSV, in the library export and in `neurosynth evaluate`."""
+    import csv
+
+    from napari_neurosynth.cli import main
+    from napari_neurosynth.export import write_csv, write_json
+    from napari_neurosynth.io import write_volume
+    from napari_neurosynth.metrics import export_result, result_rows
+
+    _, t, mask = _pair((20, 20, 20))
+    r = evaluate(t.copy(), t, mask=mask, kspace=False)
+    assert r["psnr"] == float("inf")
+    data = json.loads(export_result(r, tmp_path / "r.json", note="x").read_text())
+    assert data["psnr"] is None and data["regions"]["brain"]["psnr"] is None and data["note"] == "x"
+    export_result(r, tmp_path / "r.csv")
+    rows = list(csv.DictReader((tmp_path / "r.csv").read_text().splitlines()))
+    assert [row["name"] for row in rows] == ["global", "brain"] and rows[0]["psnr"] == "" and rows[0]["mae"] == "0.0"
+    assert len(result_rows(r)) == 2
+
+    # the CLI prints the same strict JSON (no Infinity/NaN tokens)
+    path = str(tmp_path / "t.nii.gz")
+    write_volume(Volume(t.astype(np.float32), np.eye(4)), path)
+    assert main(["evaluate", path, path, "--json"]) == 0
+    text = capsys.readouterr().out
+    assert "Infinity" not in text and json.loads(text)["psnr"] is None
+
+    # the helpers themselves: nested, numpy, atomic, clear error on an unwritable path
+    write_json({"a": [np.float32("nan"), np.int64(2)]}, tmp_path / "n.json")
+    assert json.loads((tmp_path / "n.json").read_text()) == {"a": [None, 2]}
+    assert write_csv([{"x": -np.inf, "y": [1, 2]}], tmp_path / "n.csv") == 1
+    assert (tmp_path / "n.csv").read_text().splitlines() == ["x,y", ",1 2"]
+    assert not list(tmp_path.glob("*.partial"))
+    with pytest.raises(NeurosynthError, match="cannot write"):
+        write_json({}, tmp_path / "missing" / "x.json")

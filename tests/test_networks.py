@@ -111,9 +111,9 @@ def test_patchgan_scores_patches_and_learns():
 
 
 def test_build_network_errors():
-    with pytest.raises(NeurosynthError, match="unknown architecture 'vnet'.*resnet, unet, fusion, mcsr"):
+    with pytest.raises(NeurosynthError, match=r"unknown architecture 'vnet'.*resnet, unet, fusion, mcsr"):
         build_network("vnet")
-    with pytest.raises(NeurosynthError, match="does not take argument.*depth"):
+    with pytest.raises(NeurosynthError, match=r"does not take argument.*depth"):
         build_network("resnet", depth=3)
     with pytest.raises(NeurosynthError, match="positive integer"):
         build_network("unet", in_channels=1, depth=0)
@@ -301,21 +301,20 @@ def test_mcsr_runs_under_reduced_precision_autocast():
 
 
 @pytest.mark.parametrize("n_down", [0, 1])
-def test_resnet_with_a_shallower_trunk_keeps_the_contract(n_down, tmp_path):
+def test_resnet_with_a_shallower_trunk_keeps_the_contract(n_down, make_bundle):
     """``n_downsampling`` < 2: odd sizes pass when the divisor allows, the card rebuilds it, bundles run."""
-    from napari_neurosynth.bundle import load_model, save_bundle
-    from napari_neurosynth.inference import reference_synthesize, synthesize
-    from napari_neurosynth.io import Volume
     import numpy as np
 
+    from napari_neurosynth.inference import reference_synthesize, synthesize
+    from napari_neurosynth.io import Volume
+
     net = build_network("resnet", in_channels=1, base=4, n_blocks=1, n_downsampling=n_down).eval()
-    assert net.size_divisor == 2 ** n_down
+    assert net.size_divisor == 2**n_down
     assert net(torch.rand(1, 1, 6 * net.size_divisor + (1 - n_down) * 1, 10)).shape[-1] == 10
     classic = build_network("resnet", in_channels=1, base=4, n_blocks=1)
     assert "n_downsampling" not in classic.architecture["args"]  # existing cards unchanged
-    folder = save_bundle(net, {"name": "shallow", "task": "cms", "inputs": ["t1"], "output": "t2"}, tmp_path / "b")
-    model = load_model(folder)
-    assert model.network.size_divisor == 2 ** n_down
+    model = make_bundle(name="shallow", context=0, network=net, load=True)
+    assert model.network.size_divisor == 2**n_down
     rng = np.random.default_rng(0)
     vol = Volume(rng.random((13, 11, 5)).astype(np.float32) + 0.1, np.diag([2.0, 2.0, 3.0, 1.0]))
     engine = synthesize(model, vol, device="cpu", crop=False)

@@ -56,12 +56,22 @@ def test_pragmas_and_schema(tmp_path):
 def test_record_history_and_export(tmp_path):
     db = tmp_path / "r.sqlite"
     with RatingStore(db) as store:
-        first = store.record("dr-a", "sub-01", "t1_to_t2", 2, study="s1", realism=2, turing_choice="Synthetic",
-                             turing_confidence=4, seconds_on_case=12.5)
+        first = store.record(
+            "dr-a",
+            "sub-01",
+            "t1_to_t2",
+            2,
+            study="s1",
+            realism=2,
+            turing_choice="Synthetic",
+            turing_confidence=4,
+            seconds_on_case=12.5,
+        )
         other = store.record("dr-a", "sub-01", "acquired", 5, study="s1")
         loose = store.record("dr-b", "sub-01", "t1_to_t2", 3)  # outside any study
-        second = store.record("dr-a", "sub-01", "t1_to_t2", 4, study="s1", comment="looked again",
-                              metadata={"site": "B"})
+        second = store.record(
+            "dr-a", "sub-01", "t1_to_t2", 4, study="s1", comment="looked again", metadata={"site": "B"}
+        )
         current = store.ratings()
         assert [r["id"] for r in current] == [other, loose, second]
         changed = [r for r in current if r["id"] == second][0]
@@ -105,7 +115,9 @@ def test_check_constraint_is_the_guard(tmp_path):
     # foreign keys: a rating by an unknown rater is refused
     conn.execute("PRAGMA foreign_keys = ON")
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-        conn.execute("INSERT INTO ratings (rater, case_id, condition, score, created_at) VALUES ('nobody', 'c', 'k', 3, 'now')")
+        conn.execute(
+            "INSERT INTO ratings (rater, case_id, condition, score, created_at) VALUES ('nobody', 'c', 'k', 3, 'now')"
+        )
     conn.close()
 
 
@@ -141,7 +153,9 @@ def test_newer_schema_refused(tmp_path):
     conn.execute("INSERT INTO schema_version VALUES (?, 'future')", (SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
-    with pytest.raises(NeurosynthError, match=rf"schema version {SCHEMA_VERSION + 1}, newer .*upgrade napari-neurosynth"):
+    with pytest.raises(
+        NeurosynthError, match=rf"schema version {SCHEMA_VERSION + 1}, newer .*upgrade napari-neurosynth"
+    ):
         RatingStore(db)
 
 
@@ -251,7 +265,7 @@ def test_two_writers_lose_nothing(tmp_path):
     for proc, (out, err) in zip(procs, results):
         assert proc.returncode == 0, err
         assert "locked" not in err
-        assert len([l for l in out.splitlines() if l != "ready"]) == 500
+        assert len([line for line in out.splitlines() if line != "ready"]) == 500
     assert _integrity(db) == "ok"
     with RatingStore(db) as store:
         rows = store.ratings(history=True)

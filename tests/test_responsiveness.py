@@ -14,6 +14,7 @@ steady state of a session, is held to :data:`MAX_STALL_S`.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -34,21 +35,13 @@ def phantom1():
 
 
 @pytest.fixture
-def t1_to_t2(tmp_path, monkeypatch):
+def t1_to_t2(tmp_path, monkeypatch, make_bundle):
     """The shipped t1_to_t2 bundle, or (before it is trained) one with its architecture and size."""
     from napari_neurosynth.bundle import list_models
 
     if "t1_to_t2" in list_models():
         return "t1_to_t2"
-    import torch
-
-    from napari_neurosynth.bundle import save_bundle
-    from napari_neurosynth.networks import build_network
-
-    torch.manual_seed(0)
-    net = build_network("resnet", in_channels=3, base=16, n_blocks=4)
-    save_bundle(net, {"name": "t1_to_t2", "task": "cms", "inputs": ["t1"], "output": "t2",
-                      "slicing": {"plane": "axial", "context": 1}}, tmp_path / "t1_to_t2")
+    make_bundle(tmp_path, "t1_to_t2", base=16, n_blocks=4)
     monkeypatch.setenv("NEUROSYNTH_MODELS_PATH", str(tmp_path))
     return "t1_to_t2"
 
@@ -83,13 +76,14 @@ def test_event_loop_stall_during_synthesis(make_napari_viewer, qtbot, phantom1, 
         elapsed = time.perf_counter() - start
         assert widget.result_layer is not None, "synthesis did not produce a layer"
         assert widget.result_layer.data.shape == phantom1["t1"].shape
-        stamps = [start] + list(ticks)
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        stamps = [start, *ticks]
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
         assert len(ticks) > 10
         print(
             f"\nresponsiveness, {label}: 1 mm phantom {phantom1['t1'].shape}, synthesis + layer in {elapsed:.2f} s "
             f"(engine {widget.result_layer.metadata['seconds']:.2f} s), {len(ticks)} timer ticks, "
-            f"longest event-loop stall {1000 * max(gaps):.0f} ms, median gap {1000 * sorted(gaps)[len(gaps) // 2]:.0f} ms"
+            f"longest event-loop stall {1000 * max(gaps):.0f} ms, "
+            f"median gap {1000 * sorted(gaps)[len(gaps) // 2]:.0f} ms"
         )
         return max(gaps)
 

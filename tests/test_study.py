@@ -35,7 +35,7 @@ def _write_volume(path, seed):
 def make_study_folder(root, n_cases=4, conditions=CONDITIONS, reference="t1"):
     """Condition-per-folder layout: root/<condition>/<case>.nii.gz (+ root/t1/ references)."""
     seed = 0
-    for cond in (*conditions, *( [reference] if reference else [])):
+    for cond in (*conditions, *([reference] if reference else [])):
         for i in range(n_cases):
             _write_volume(root / cond / f"sub-{i + 1:02d}.nii.gz", seed)
             seed += 1
@@ -45,8 +45,9 @@ def make_study_folder(root, n_cases=4, conditions=CONDITIONS, reference="t1"):
 @pytest.fixture
 def study_file(tmp_path):
     folder = make_study_folder(tmp_path / "vols")
-    study = create_study(folder, study_id="pilot", seed=11, references=["t1"], turing=True,
-                         subscores=["realism", "lesion_conspicuity"])
+    study = create_study(
+        folder, study_id="pilot", seed=11, references=["t1"], turing=True, subscores=["realism", "lesion_conspicuity"]
+    )
     return study.save(tmp_path / "study.yaml")
 
 
@@ -205,8 +206,26 @@ def test_session_refuses_what_the_study_lacks(study_file, tmp_path):
 def test_cli_create(tmp_path, capsys):
     folder = make_study_folder(tmp_path / "vols", n_cases=2)
     out = tmp_path / "s.yaml"
-    assert main(["study", "create", str(folder), "-o", str(out), "--id", "cli", "--seed", "5",
-                 "--reference", "t1", "--turing", "--subscores"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "create",
+                str(folder),
+                "-o",
+                str(out),
+                "--id",
+                "cli",
+                "--seed",
+                "5",
+                "--reference",
+                "t1",
+                "--turing",
+                "--subscores",
+            ]
+        )
+        == 0
+    )
     assert "2 cases, 6 items" in capsys.readouterr().out
     study = load_study(out)
     assert study.id == "cli" and study.seed == 5 and study.turing

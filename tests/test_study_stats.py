@@ -108,10 +108,24 @@ def test_turing_accuracy_and_chance():
     rows = []
     # 40 acquired images, called real 30 times; 40 synthetic, called synthetic 22 times
     for i in range(40):
-        rows.append({"rater": "a", "case_id": f"c{i}", "condition": "acquired", "score": 4,
-                     "turing_choice": "real" if i < 30 else "synthetic"})
-        rows.append({"rater": "a", "case_id": f"c{i}", "condition": "gan", "score": 3,
-                     "turing_choice": "synthetic" if i < 22 else "real"})
+        rows.append(
+            {
+                "rater": "a",
+                "case_id": f"c{i}",
+                "condition": "acquired",
+                "score": 4,
+                "turing_choice": "real" if i < 30 else "synthetic",
+            }
+        )
+        rows.append(
+            {
+                "rater": "a",
+                "case_id": f"c{i}",
+                "condition": "gan",
+                "score": 3,
+                "turing_choice": "synthetic" if i < 22 else "real",
+            }
+        )
     t = turing_accuracy(rows)
     assert (t["correct"], t["n"]) == (52, 80)
     assert t["accuracy"] == pytest.approx(0.65)
@@ -149,8 +163,16 @@ def _fill_store(db):
                 for cond, shift in (("acquired", 0), ("good_model", 0), ("poor_model", -1)):
                     score = int(np.clip(truth[case] + shift + rng.integers(-1, 2) * (rng.random() < 0.3), 1, 5))
                     choice = "real" if (cond == "acquired") ^ (rng.random() < 0.2) else "synthetic"
-                    store.record(rater, f"case{case}", cond, score, study="demo", turing_choice=choice,
-                                 turing_confidence=3, realism=score)
+                    store.record(
+                        rater,
+                        f"case{case}",
+                        cond,
+                        score,
+                        study="demo",
+                        turing_choice=choice,
+                        turing_confidence=3,
+                        realism=score,
+                    )
         store.record("r1", "case0", "acquired", 1, study="demo")  # a changed mind: only this one counts
         store.record("r9", "elsewhere", "acquired", 5)  # outside any study
     return db
@@ -211,7 +233,10 @@ def test_cli_summary_export_import(tmp_path, capsys):
     db2 = tmp_path / "copy.sqlite"
     assert main(["study", "import", "--db", str(db2), str(out)]) == 0
     with RatingStore(db) as a, RatingStore(db2) as b:
-        key = lambda r: (r["study"], r["rater"], r["case_id"], r["condition"], r["score"], r["turing_choice"])
+
+        def key(r):
+            return (r["study"], r["rater"], r["case_id"], r["condition"], r["score"], r["turing_choice"])
+
         assert sorted(map(key, a.ratings()), key=str) == sorted(map(key, b.ratings()), key=str)
     bad = tmp_path / "bad.csv"
     bad.write_text("rater,case_id,condition,score\na,c1,acquired,4\na,c2,acquired,9\n")

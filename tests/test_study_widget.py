@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QLineEdit, QPushButton
+from test_study import make_study_folder
 
+from napari_neurosynth.display import display_window, prepare_display
 from napari_neurosynth.ratings import RatingStore
 from napari_neurosynth.study import create_study, load_study, presentation_order
-from napari_neurosynth.viewer.study_widget import ReaderStudyWidget, prepare_display
-
-from test_study import make_study_folder
+from napari_neurosynth.viewer.layers import viewer_grid
+from napari_neurosynth.viewer.study_widget import ReaderStudyWidget
 
 MODEL_NAMES = ("t1_to_t2", "unet_t2")
 
@@ -21,8 +22,7 @@ MODEL_NAMES = ("t1_to_t2", "unet_t2")
 @pytest.fixture
 def study_path(tmp_path):
     folder = make_study_folder(tmp_path / "vols", n_cases=2)
-    study = create_study(folder, study_id="blind-pilot", seed=3, references=["t1"], turing=True,
-                         subscores=["realism"])
+    study = create_study(folder, study_id="blind-pilot", seed=3, references=["t1"], turing=True, subscores=["realism"])
     return study.save(tmp_path / "study.yaml")
 
 
@@ -34,7 +34,7 @@ def _start(viewer, qtbot, study_path, db, rater="dr-a"):
     widget.db_edit.setText(str(db))
     assert widget.start()
     qtbot.waitUntil(lambda: widget.loaded, timeout=10_000)
-    window = viewer.window._qt_window
+    window = widget.window()  # the viewer's QMainWindow, once docked
     if window.isVisible():  # keys reach shortcuts of the active window, as for a rater at work
         window.activateWindow()
         window.raise_()
@@ -45,7 +45,7 @@ def _start(viewer, qtbot, study_path, db, rater="dr-a"):
 def _leaks(viewer, widget, tmp_path) -> list[str]:
     """Every piece of text the rater can see or inspect that could name the condition or file."""
     secrets = [*MODEL_NAMES, "acquired", "sub-0", ".nii", str(tmp_path)]
-    texts = [viewer.title, viewer.window._qt_window.windowTitle()]
+    texts = [viewer.title, widget.window().windowTitle()]
     for layer in viewer.layers:
         texts += [layer.name, repr(layer.metadata), str(layer.source.path), str(layer.source.reader_plugin)]
     for child in widget.findChildren((QLabel, QPushButton)):
@@ -67,7 +67,7 @@ def test_blinded_rating_with_keys_and_resume(make_napari_viewer, qtbot, study_pa
     study = load_study(study_path)
     order = presentation_order(study, "dr-a")
     assert widget.session.items == order
-    canvas = viewer.window._qt_viewer.canvas.native
+    canvas = viewer.window._qt_viewer.canvas.native  # napari has no public handle on the canvas widget
 
     # blinded: neutral layer names; image and reference shown side by side
     assert [layer.name for layer in viewer.layers] == ["Reference: t1", "Image"]
@@ -148,7 +148,7 @@ def test_blinded_rating_with_keys_and_resume(make_napari_viewer, qtbot, study_pa
 
 
 def test_display_is_neutral_across_conditions(study_path):
-    """Every condition goes through the same percentile window; values end up alike."""
+    """Every condition goes through the same display window (the viewer's one rule); values end up alike."""
     rng = np.random.default_rng(0)
     raw = rng.gamma(2.0, 300.0, size=(10, 10, 10)).astype(np.float32)
     a, limits_a = prepare_display(raw, (0.5, 99.5), blinded=True)
@@ -157,7 +157,8 @@ def test_display_is_neutral_across_conditions(study_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert a.dtype == np.float32
     shown, limits = prepare_display(raw, (0.5, 99.5), blinded=False)
-    assert shown is raw and limits == pytest.approx(tuple(np.percentile(raw, [0.5, 99.5])))
+    # Unblinded, an image keeps its values and gets the window every compared layer gets.
+    assert shown is raw and limits == pytest.approx(display_window(raw, percentiles=(0.5, 99.5)))
 
 
 def test_unblinded_shows_names_and_errors_are_messages(make_napari_viewer, qtbot, tmp_path):
@@ -227,4 +228,4 @@ def test_other_open_layers_are_hidden_during_a_session(make_napari_viewer, qtbot
     assert visible == ["Reference: t1", "Image"]
     widget.stop()
     assert acquired.visible and synthesized.visible and not hidden_before.visible
-    assert not viewer.grid.enabled
+    assert not viewer_grid(viewer).enabled

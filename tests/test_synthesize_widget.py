@@ -5,34 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_neurosynth.bundle import load_model, save_bundle
+from napari_neurosynth.bundle import load_model
+from napari_neurosynth.display import display_window
 from napari_neurosynth.inference import synthesize
 from napari_neurosynth.io import Volume
-from napari_neurosynth.networks import build_network
-from napari_neurosynth.viewer.layers import layer_to_volume, volume_to_layer_data
+from napari_neurosynth.viewer.layers import layer_to_volume, viewer_grid, volume_to_layer_data
 
 WAIT_MS = 60_000
 
 
 @pytest.fixture
-def models_dir(tmp_path_factory, monkeypatch):
+def models_dir(tmp_path_factory, monkeypatch, make_bundle):
     """Two small bundles (random weights; the widget's job is plumbing, not quality)."""
-    import torch
-
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    net = build_network("resnet", in_channels=3, base=4, n_blocks=1)
-    save_bundle(net, {
-        "name": "tiny_t1_to_t2", "task": "cms", "inputs": ["t1"], "output": "t2",
-        "slicing": {"plane": "axial", "context": 1},
-        "training": {"data": "napari-neurosynth phantom (seeds 0-3)", "phantom_only": True},
-        "metrics": {"held_out": {"psnr": 21.5, "ssim": 0.81}, "baselines": {"identity": {"psnr": 12.0}}},
-    }, root / "tiny_t1_to_t2")
-    fusion = build_network("fusion", n_inputs=2, channels_per_input=1, base=4, n_blocks=1)
-    save_bundle(fusion, {
-        "name": "tiny_fusion", "task": "cms", "inputs": ["t1", "t2"], "output": "flair",
-        "slicing": {"plane": "axial", "context": 0},
-    }, root / "tiny_fusion")
+    make_bundle(
+        root,
+        card={
+            "training": {"data": "napari-neurosynth phantom (seeds 0-3)", "phantom_only": True},
+            "metrics": {"held_out": {"psnr": 21.5, "ssim": 0.81}, "baselines": {"identity": {"psnr": 12.0}}},
+        },
+    )
+    make_bundle(root, "tiny_fusion", arch="fusion", inputs=("t1", "t2"), output="flair", context=0)
     monkeypatch.setenv("NEUROSYNTH_MODELS_PATH", str(root))
     return root
 
@@ -91,8 +84,36 @@ def test_run_adds_layer_on_source_grid(widget_viewer, qtbot, phantom3):
     assert md["source_layers"] == ["T1"]
     lo, hi = layer.contrast_limits
     assert lo <= np.percentile(layer.data, 50) < hi <= layer.data.max() + 1e-6
+    assert (lo, hi) == pytest.approx(display_window(layer.data))
     assert "Added" in widget.status.text()
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_synthesized_and_acquired_layers_share_the_display_rule(widget_viewer, qtbot, phantom3, monkeypatch):
+    """A synthesis that equals the acquired image is shown with exactly the acquired layer's window.
+
+    The acquired T2 (opened like any volume) and the synthesized layer both get their
+    contrast limits from napari_neurosynth.display.display_window, so a difference
+    between them on screen is a difference in the images, never in the windowing.
+    """
+    import napari_neurosynth.inference as inference
+
+    viewer, widget = widget_viewer
+    t2 = phantom3["t2"]
+
+    def perfect_synthesis(model, volumes, **kwargs):
+        return volumes[0].with_data(t2.data.copy())
+
+    monkeypatch.setattr(inference, "synthesize_volume", perfect_synthesis)
+    widget.set_device("cpu")
+    _wait(qtbot, widget, widget.run())
+    synthesized = widget.result_layer
+    acquired = viewer.layers["T2"]
+    assert tuple(synthesized.contrast_limits) == pytest.approx(tuple(acquired.contrast_limits), abs=0)
+    assert tuple(acquired.contrast_limits) == pytest.approx(display_window(t2.data))
+    # The same rule in other units gives the same picture: limits scale with the data.
+    scaled = display_window(t2.data * 1000.0)
+    assert scaled == pytest.approx(tuple(1000.0 * np.asarray(acquired.contrast_limits)), rel=1e-5)
 
 
 def test_details_panel_and_devices(widget_viewer):
@@ -119,15 +140,15 @@ def test_side_by_side_grid(widget_viewer, qtbot, phantom3):
     worker = widget.run()
     _wait(qtbot, widget, worker)
     widget.side_by_side_check.setChecked(True)
-    assert viewer.grid.enabled
+    assert viewer_grid(viewer).enabled
     visible = [lay.name for lay in viewer.layers if lay.visible]
     assert visible == ["T1", "T2 (synthesized: tiny_t1_to_t2)", "T2"]
-    assert tuple(viewer.grid.actual_shape(viewer.layers)) == (1, 3)
+    assert tuple(viewer_grid(viewer).actual_shape(viewer.layers)) == (1, 3)
     # source | synthesized | acquired, left to right
-    cols = [viewer.grid.position(viewer.layers.index(n), viewer.layers)[1] for n in visible]
+    cols = [viewer_grid(viewer).position(viewer.layers.index(n), viewer.layers)[1] for n in visible]
     assert cols == [0, 1, 2]
     widget.side_by_side_check.setChecked(False)
-    assert not viewer.grid.enabled
+    assert not viewer_grid(viewer).enabled
     assert viewer.layers["PD"].visible
 
 
@@ -221,11 +242,10 @@ def shipped_widget(make_napari_viewer, qtbot):
     if "t1_to_t2" not in list_models():
         pytest.skip("the shipped models/ folder is not on the search path")
     viewer = make_napari_viewer(show=True)
-    window = viewer.window._qt_window
-    window.resize(1400, 900)
+    viewer.window.resize(1400, 900)
     widget = SynthesizeWidget(viewer)
     dock = viewer.window.add_dock_widget(widget, name="Synthesize", area="right")
-    window.resizeDocks([dock], [340], Qt.Horizontal)
+    widget.window().resizeDocks([dock], [340], Qt.Horizontal)  # the QMainWindow the dock lives in
     qtbot.waitExposed(widget)
     qtbot.waitUntil(lambda: abs(dock.width() - 340) <= 2, timeout=5000)
     return widget
@@ -247,10 +267,16 @@ def test_shipped_card_metrics_readable_at_dock_width(shipped_widget, qtbot):
     rows = _table_rows(widget.details)
     assert [cell for cell, _ in rows[0]] == ["", "PSNR↑", "SSIM↑", "MAE↓"]
     assert [cell for cell, _ in rows[1]] == [
-        "model", f"{model['psnr_brain']:.1f}", f"{model['ssim_brain']:.3f}", f"{model['mae_brain']:.3f}"
+        "model",
+        f"{model['psnr_brain']:.1f}",
+        f"{model['ssim_brain']:.3f}",
+        f"{model['mae_brain']:.3f}",
     ]
     assert [cell for cell, _ in rows[3]] == [
-        "intensity LUT", f"{lut['psnr_brain']:.1f}", f"{lut['ssim_brain']:.3f}", f"{lut['mae_brain']:.3f}"
+        "intensity LUT",
+        f"{lut['psnr_brain']:.1f}",
+        f"{lut['ssim_brain']:.3f}",
+        f"{lut['mae_brain']:.3f}",
     ]
     assert rows[2][0][0] == "input (standardised)"
     assert all(right for row in rows for _, right in row[1:])  # numbers right-aligned
@@ -272,9 +298,7 @@ def test_shipped_card_metrics_readable_at_dock_width(shipped_widget, qtbot):
     for name in ("t1_to_t2", "t1_to_flair", "t1t2_to_flair", "t2_mcsr_x4"):
         widget.set_model(name)
         details = widget.details
-        qtbot.waitUntil(
-            lambda: details.document().size().height() <= details.viewport().height(), timeout=5000
-        )
+        qtbot.waitUntil(lambda d=details: d.document().size().height() <= d.viewport().height(), timeout=5000)
         assert details.verticalScrollBar().maximum() == 0, name
         assert details.horizontalScrollBar().maximum() == 0, name
         assert 150 < details.height() <= _DETAILS_MAX, (name, details.height())

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _subject(ph, name, modalities=("t1", "t2", "flair", "t2_lowres")) -> Subject:
-    return Subject(name, {m: ph[m] for m in modalities}, ph["brain_mask"].data > 0,
-                   ph["lesion_mask"].data.astype(np.uint8))
+    return Subject(
+        name, {m: ph[m] for m in modalities}, ph["brain_mask"].data > 0, ph["lesion_mask"].data.astype(np.uint8)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,25 @@ def _fixed_eval(trainer: Trainer, n=6):
     ids=["paired", "multi-input", "mcsr", "unpaired", "unpaired-low-pass"],
 )
 def test_a_few_steps_lower_the_loss(subjects, mode, inputs, output, arch, args, context, extra):
-    cfg = TrainConfig(mode=mode, inputs=inputs, output=output, data="phantom:0-1", architecture=arch,
-                      arch_args=args, context=context, patch=32, batch=4, epochs=1, steps_per_epoch=12,
-                      lr=2e-3, disc_base=4, seed=0, device="cpu", **extra)
-    trainer = Trainer(cfg, subjects=_grid(subjects, inputs + [output]), val_subjects=[])
+    cfg = TrainConfig(
+        mode=mode,
+        inputs=inputs,
+        output=output,
+        data="phantom:0-1",
+        architecture=arch,
+        arch_args=args,
+        context=context,
+        patch=32,
+        batch=4,
+        epochs=1,
+        steps_per_epoch=12,
+        lr=2e-3,
+        disc_base=4,
+        seed=0,
+        device="cpu",
+        **extra,
+    )
+    trainer = Trainer(cfg, subjects=_grid(subjects, [*inputs, output]), val_subjects=[])
     loss = _fixed_eval(trainer)
     before = loss()
     history = trainer.fit(progress=False)
@@ -89,8 +105,20 @@ def test_resume_is_identical_to_an_uninterrupted_run(subjects, tmp_path):
     mods = ["t1", "t2"]
 
     def cfg(epochs):
-        return TrainConfig(mode="paired", inputs=["t1"], output="t2", data="phantom:0-1", arch_args=TINY,
-                           context=1, patch=32, batch=2, epochs=epochs, steps_per_epoch=3, disc_base=4, seed=7)
+        return TrainConfig(
+            mode="paired",
+            inputs=["t1"],
+            output="t2",
+            data="phantom:0-1",
+            arch_args=TINY,
+            context=1,
+            patch=32,
+            batch=2,
+            epochs=epochs,
+            steps_per_epoch=3,
+            disc_base=4,
+            seed=7,
+        )
 
     straight = Trainer(cfg(2), subjects=_grid(subjects, mods), val_subjects=[])
     straight.fit(tmp_path / "a", progress=False)
@@ -110,10 +138,24 @@ def test_resume_is_identical_to_an_uninterrupted_run(subjects, tmp_path):
     assert [h["g"] for h in resumed.history] == [h["g"] for h in straight.history]
 
     # a checkpoint of another configuration is refused
-    other = Trainer(TrainConfig(mode="paired", inputs=["t1"], output="t2", data="phantom:0-1",
-                                arch_args={"base": 4, "n_blocks": 2}, context=1, patch=32, batch=2, epochs=2,
-                                steps_per_epoch=3, disc_base=4, seed=7),
-                    subjects=_grid(subjects, mods), val_subjects=[])
+    other = Trainer(
+        TrainConfig(
+            mode="paired",
+            inputs=["t1"],
+            output="t2",
+            data="phantom:0-1",
+            arch_args={"base": 4, "n_blocks": 2},
+            context=1,
+            patch=32,
+            batch=2,
+            epochs=2,
+            steps_per_epoch=3,
+            disc_base=4,
+            seed=7,
+        ),
+        subjects=_grid(subjects, mods),
+        val_subjects=[],
+    )
     with pytest.raises(NeurosynthError, match="checkpoint was trained with arch_args"):
         other.fit(tmp_path / "b", resume=True, progress=False)
     with pytest.raises(NeurosynthError, match="no checkpoint"):
@@ -125,9 +167,24 @@ def test_unpaired_resume_keeps_image_pool_and_weight_average(subjects, tmp_path)
     mods = ["t1", "t2"]
 
     def cfg():
-        return TrainConfig(mode="unpaired", inputs=["t1"], output="t2", data="phantom:0-1", arch_args=TINY,
-                           context=0, patch=32, batch=3, epochs=2, steps_per_epoch=2, disc_base=4, seed=3,
-                           pool_size=4, ema=0.9, disc_blur=1.0, cycle_blur=1.0)
+        return TrainConfig(
+            mode="unpaired",
+            inputs=["t1"],
+            output="t2",
+            data="phantom:0-1",
+            arch_args=TINY,
+            context=0,
+            patch=32,
+            batch=3,
+            epochs=2,
+            steps_per_epoch=2,
+            disc_base=4,
+            seed=3,
+            pool_size=4,
+            ema=0.9,
+            disc_blur=1.0,
+            cycle_blur=1.0,
+        )
 
     straight = Trainer(cfg(), subjects=_grid(subjects, mods), val_subjects=[])
     straight.fit(tmp_path / "a", progress=False)
@@ -169,9 +226,21 @@ def test_image_pool_returns_new_and_remembered_images():
 
 def test_validation_and_exported_bundle_runs(subjects, phantom3, tmp_path):
     mods = ["t1", "t2_lowres", "t2"]
-    cfg = TrainConfig(mode="mcsr", name="tiny_mcsr", inputs=["t1", "t2_lowres"], output="t2", data="phantom:0-1",
-                      architecture="mcsr", arch_args=TINY, context=1, patch=32, batch=2, epochs=1,
-                      steps_per_epoch=2, disc_base=4)
+    cfg = TrainConfig(
+        mode="mcsr",
+        name="tiny_mcsr",
+        inputs=["t1", "t2_lowres"],
+        output="t2",
+        data="phantom:0-1",
+        architecture="mcsr",
+        arch_args=TINY,
+        context=1,
+        patch=32,
+        batch=2,
+        epochs=1,
+        steps_per_epoch=2,
+        disc_base=4,
+    )
     grid = _grid(subjects, mods)
     trainer = Trainer(cfg, subjects=grid[:1], val_subjects=grid[1:])
     history = trainer.fit(progress=False)
@@ -189,10 +258,38 @@ def test_validation_and_exported_bundle_runs(subjects, phantom3, tmp_path):
 
 def test_cli_train_writes_bundle_with_heldout_table(tmp_path, capsys):
     out = tmp_path / "m"
-    rc = cli_main(["train", "--name", "cli_tiny", "--out", str(out), "--data", "phantom:0", "--val-data", "phantom:1",
-                   "--resolution", "3", "--epochs", "1", "--steps", "2", "--batch", "2", "--patch", "32",
-                   "--arch-args", "base=4,n_blocks=1", "--disc-base", "4", "--heldout", "1000",
-                   "--heldout-resolution", "3", "--no-progress"])
+    rc = cli_main(
+        [
+            "train",
+            "--name",
+            "cli_tiny",
+            "--out",
+            str(out),
+            "--data",
+            "phantom:0",
+            "--val-data",
+            "phantom:1",
+            "--resolution",
+            "3",
+            "--epochs",
+            "1",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--patch",
+            "32",
+            "--arch-args",
+            "base=4,n_blocks=1",
+            "--disc-base",
+            "4",
+            "--heldout",
+            "1000",
+            "--heldout-resolution",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     card = json.loads((out / "card.json").read_text())
     m = card["metrics"]
@@ -241,9 +338,24 @@ def test_low_pass_removes_noise_but_keeps_contrast():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_training_on_cuda_exports_a_bundle_that_runs_on_cpu(subjects, tmp_path):
     mods = ["t1", "t2"]
-    cfg = TrainConfig(mode="unpaired", inputs=["t1"], output="t2", data="phantom:0-1", arch_args=TINY,
-                      context=0, patch=32, batch=4, epochs=1, steps_per_epoch=12, lr=2e-3, disc_base=4,
-                      disc_blur=1.0, cycle_blur=1.0, seed=0, device="cuda")
+    cfg = TrainConfig(
+        mode="unpaired",
+        inputs=["t1"],
+        output="t2",
+        data="phantom:0-1",
+        arch_args=TINY,
+        context=0,
+        patch=32,
+        batch=4,
+        epochs=1,
+        steps_per_epoch=12,
+        lr=2e-3,
+        disc_base=4,
+        disc_blur=1.0,
+        cycle_blur=1.0,
+        seed=0,
+        device="cuda",
+    )
     trainer = Trainer(cfg, subjects=_grid(subjects, mods), val_subjects=[])
     assert next(trainer.G.parameters()).is_cuda and next(trainer.DB.parameters()).is_cuda
     x = torch.from_numpy(trainer.sampler_a.batch(4)[0])
@@ -270,9 +382,22 @@ def test_keep_best_exports_the_best_validation_epoch_and_survives_resume(subject
     grid = _grid(subjects, mods)
 
     def cfg():
-        return TrainConfig(mode="paired", inputs=["t1"], output="t2", data="phantom:0-1", arch_args=TINY,
-                           context=1, patch=32, batch=2, epochs=4, steps_per_epoch=3, lr=2e-2, disc_base=4,
-                           seed=1, keep_best=True)  # a high rate: validation peaks before the end
+        return TrainConfig(
+            mode="paired",
+            inputs=["t1"],
+            output="t2",
+            data="phantom:0-1",
+            arch_args=TINY,
+            context=1,
+            patch=32,
+            batch=2,
+            epochs=4,
+            steps_per_epoch=3,
+            lr=2e-2,
+            disc_base=4,
+            seed=3,
+            keep_best=True,
+        )  # a high rate: validation peaks before the end (epoch 3)
 
     straight = Trainer(cfg(), subjects=grid[:1], val_subjects=grid[1:])
     history = straight.fit(tmp_path / "a", progress=False)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_io import _blob_volume, make_dicom_series, oblique_direction
 
 from napari_neurosynth import NeurosynthError, Volume, read_volume, write_volume
 from napari_neurosynth.io import resample_to
 from napari_neurosynth.viewer.layers import layer_to_volume, volume_to_layer_data
 from napari_neurosynth.viewer.reader import get_reader
 from napari_neurosynth.viewer.writer import write_image, write_labels
-from test_io import _blob_volume, make_dicom_series, oblique_direction
 
 PLUGIN = "napari-neurosynth"
 LANDMARK = np.array([4.0, -11.0, 17.0])  # RAS+ mm
@@ -108,8 +108,9 @@ def test_integer_mask_opens_as_labels(make_napari_viewer, tmp_path):
     write_volume(Volume(mask.astype(np.float32), affine), tmp_path / "probability_mask.nii.gz")
     write_volume(Volume(mask.astype(np.int16), affine), tmp_path / "t1.nii.gz")
     viewer = make_napari_viewer()
-    viewer.open([str(tmp_path / n) for n in ("lesion_mask.nii.gz", "probability_mask.nii.gz", "t1.nii.gz")],
-                plugin=PLUGIN)
+    viewer.open(
+        [str(tmp_path / n) for n in ("lesion_mask.nii.gz", "probability_mask.nii.gz", "t1.nii.gz")], plugin=PLUGIN
+    )
     assert type(viewer.layers["lesion_mask"]).__name__ == "Labels"
     assert type(viewer.layers["probability_mask"]).__name__ == "Image"  # floats stay an image
     assert type(viewer.layers["t1"]).__name__ == "Image"  # integer but not a label name
@@ -132,10 +133,10 @@ def test_get_reader_declines_what_it_cannot_open(tmp_path):
 def test_reader_raises_neurosynth_error_for_broken_file(make_napari_viewer, tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     reader = get_reader(str(tmp_path / "broken.nii.gz"))
-    with pytest.raises(NeurosynthError, match="cannot read broken.nii.gz as nifti"):
+    with pytest.raises(NeurosynthError, match=r"cannot read broken.nii.gz as nifti"):
         reader(str(tmp_path / "broken.nii.gz"))
     viewer = make_napari_viewer()
-    with pytest.raises(Exception, match="cannot read broken.nii.gz as nifti"):
+    with pytest.raises(Exception, match=r"cannot read broken.nii.gz as nifti"):
         viewer.open(str(tmp_path / "broken.nii.gz"), plugin=PLUGIN)
     assert len(viewer.layers) == 0
 
@@ -148,6 +149,22 @@ def test_volume_to_layer_data_labels_from_float_mask():
     np.testing.assert_array_equal(kwargs["affine"], np.eye(4))
     with pytest.raises(NeurosynthError, match="whole-number"):
         volume_to_layer_data(vol.with_data(vol.data + 0.5), kind="labels")
+
+
+def test_opened_and_sample_images_share_the_display_window(phantom3, tmp_path):
+    """Every image layer the plugin makes gets its contrast limits from the one core rule."""
+    from napari_neurosynth.display import display_window
+    from napari_neurosynth.viewer.sample_data import phantom_sample
+
+    sample = {kw["name"]: kw for _, kw, kind in phantom_sample(seed=0, resolution=3.0) if kind == "image"}
+    for name, key in (("T1", "t1"), ("T2", "t2"), ("PD", "pd"), ("FLAIR", "flair")):
+        assert tuple(sample[name]["contrast_limits"]) == pytest.approx(display_window(phantom3[key].data)), name
+    path = tmp_path / "t2.nii.gz"
+    write_volume(phantom3["t2"], path)
+    ((data, kwargs, kind),) = get_reader(str(path))(str(path))
+    assert kind == "image"
+    assert tuple(kwargs["contrast_limits"]) == pytest.approx(display_window(data))
+    assert tuple(kwargs["contrast_limits"]) == pytest.approx(tuple(sample["T2"]["contrast_limits"]), rel=1e-4)
 
 
 def test_axial_view_is_radiological_on_screen(make_napari_viewer, tmp_path):
@@ -188,3 +205,16 @@ def test_labels_writer_keeps_integers_and_geometry(make_napari_viewer, tmp_path)
     assert back.data.dtype == np.uint8
     np.testing.assert_array_equal(back.data, mask)
     np.testing.assert_allclose(back.affine, affine, atol=1e-6)
+
+
+def test_qt_binding_follows_qt_api(qapp):
+    """qtpy, napari and pytest-qt all run on the binding QT_API names (PyQt6 by default, PyQt5 in CI's second run)."""
+    import os
+
+    import qtpy
+    from pytestqt.qt_compat import qt_api
+
+    wanted = os.environ["QT_API"].lower()
+    assert qtpy.API_NAME.lower() == wanted
+    assert qt_api.pytest_qt_api == wanted
+    assert type(qapp).__module__.split(".")[0].lower() == wanted

@@ -5,6 +5,14 @@ Each subcommand lives in a module of this package that exposes
 taking the parsed ``argparse.Namespace`` and returning an exit status.
 Errors of type :class:`~napari_neurosynth.errors.NeurosynthError` are printed as
 one line on stderr with exit status 2, never as a traceback.
+
+Examples
+--------
+>>> args = build_parser().parse_args(["phantom", "out", "--seed", "3"])
+>>> args.command, args.out_dir, args.seed
+('phantom', 'out', 3)
+>>> main(["study", "export", "--db", "/nonexistent/ratings.sqlite", "-o", "r.csv"])  # message on stderr
+2
 """
 
 from __future__ import annotations

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
+from typing import TYPE_CHECKING
 
-from ..errors import NeurosynthError
+if TYPE_CHECKING:
+    from ..metrics import EvaluateResult
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="compare a synthesized volume with the acquired one (PSNR, SSIM, MAE, NMSE, k-space bands)",
         description=(
             "Compare SYNTH with TARGET globally, inside the brain mask and inside the lesion mask, "
             "and print the relative error per radial k-space frequency band. Both volumes are "
-            "intensity-normalised (99.5th foreground percentile -> 1) unless --no-normalize. "
+            "intensity-normalised (each by its own scale, the package's default normalisation) unless --no-normalize. "
             "PSNR/SSIM use the target's max - min (inside the brain mask for the brain and lesion rows) "
             "as data range."
         ),
@@ -25,20 +26,24 @@ def register(subparsers) -> None:
     p.add_argument("target", metavar="TARGET", help="acquired volume on the same grid")
     p.add_argument("--mask", metavar="M", help="brain mask volume (nonzero = brain)")
     p.add_argument("--lesion", metavar="L", help="lesion mask or label volume (nonzero = lesion)")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON")
-    p.add_argument("--no-normalize", action="store_true", help="compare raw intensities (no percentile scaling)")
-    p.add_argument("--csv", metavar="FILE", help="also write the region rows and the k-space bands to a CSV file")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON (non-finite values: null)")
+    p.add_argument("--no-normalize", action="store_true", help="compare raw intensities (no intensity normalisation)")
+    p.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="also write the region rows and the k-space bands to a CSV file (non-finite values: empty cells)",
+    )
     p.add_argument("--bands", type=int, default=8, metavar="N", help="number of k-space bands (default 8)")
     p.set_defaults(func=run)
 
 
 def _fmt(x: float, digits: int = 4) -> str:
-    if isinstance(x, float) and math.isinf(x):
-        return "inf"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
     return f"{x:.{digits}f}"
 
 
-def format_table(result: dict) -> str:
+def format_table(result: EvaluateResult) -> str:
     """The human-readable report: one row per region, then the k-space profile."""
     lines = [f"{'region':<8} {'voxels':>9} {'PSNR dB':>9} {'SSIM':>7} {'MAE':>9} {'NMSE':>9} {'range':>8}"]
     for name, r in result["regions"].items():
@@ -55,55 +60,25 @@ def format_table(result: dict) -> str:
                 f"{100 * b['target_energy']:>9.4f}"
             )
     lines.append("")
-    lines.append("intensities normalised (99.5th foreground percentile = 1)" if result["normalized"] else "raw intensities")
+    lines.append("intensities normalised (each image by its own scale)" if result["normalized"] else "raw intensities")
     return "\n".join(lines)
 
 
-def _jsonable(x):
-    # JSON has no inf: write it as the string "inf" so the file stays standard.
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def write_csv(result: dict, path: str) -> None:
-    """One row per region (kind=region) and per k-space band (kind=kspace)."""
-    import csv
-
-    fields = ["kind", "name", "n_voxels", "psnr", "ssim", "mae", "nmse", "data_range",
-              "band", "low_cycles_per_mm", "high_cycles_per_mm", "rel_error", "target_energy"]
-    try:
-        with open(path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            for name, r in result["regions"].items():
-                w.writerow({"kind": "region", "name": name, **{k: r[k] for k in fields[2:8]}})
-            for b in result.get("kspace", []):
-                w.writerow({"kind": "kspace", "name": f"band {b['band']}", "band": b["band"],
-                            "low_cycles_per_mm": b["low"], "high_cycles_per_mm": b["high"],
-                            "rel_error": b["rel_error"], "target_energy": b["target_energy"]})
-    except OSError as exc:
-        raise NeurosynthError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..export import dumps_json, write_csv
     from ..io import read_volume
-    from ..metrics import evaluate
+    from ..metrics import RESULT_COLUMNS, evaluate, result_rows
 
     synth = read_volume(args.synth)
     target = read_volume(args.target)
     mask = read_volume(args.mask) if args.mask else None
     lesion = read_volume(args.lesion) if args.lesion else None
     result = evaluate(synth, target, mask=mask, lesion=lesion, normalize=not args.no_normalize, n_bands=args.bands)
-    result["synth"], result["target"] = str(args.synth), str(args.target)
     if args.csv:
-        write_csv(result, args.csv)
+        write_csv(result_rows(result), args.csv, RESULT_COLUMNS)
     if args.json:
-        print(json.dumps(_jsonable(result), indent=2))
+        # non-finite numbers (the PSNR of identical images) are null, as in every export
+        print(dumps_json({**result, "synth": str(args.synth), "target": str(args.target)}))
     else:
         print(format_table(result))
     return 0

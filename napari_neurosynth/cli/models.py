@@ -8,6 +8,24 @@ objects instead. ``neurosynth models show NAME`` prints the card;
 ``neurosynth models verify NAME`` checks the weights' checksum and shapes;
 ``neurosynth models convert CHECKPOINT --card CARD -o FOLDER`` turns a PyTorch
 checkpoint you trust into a bundle.
+
+>>> import tempfile
+>>> from napari_neurosynth.bundle import save_bundle
+>>> from napari_neurosynth.cli import main
+>>> from napari_neurosynth.networks import build_network
+>>> card = {"name": "tiny", "task": "cms", "inputs": ["t1"], "output": "t2", "slicing": {"context": 1}}
+>>> folder = save_bundle(build_network("unet", in_channels=3, base=4, depth=1), card, tempfile.mkdtemp() + "/tiny")
+>>> main(["models", "verify", str(folder)])
+tiny: OK, sha256 ..., 2,773 parameters (.../tiny)
+0
+>>> main(["models", "show", str(folder)])
+tiny (path: .../tiny)
+<BLANKLINE>
+# tiny
+...
+| Inputs (in order) | t1 |
+...
+0
 """
 
 from __future__ import annotations
@@ -20,9 +38,12 @@ from pathlib import Path
 from ..errors import NeurosynthError
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("models", help="list, show, verify and convert model bundles",
-                                   description="Model bundles: folders with card.json and weights.safetensors.")
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list, show, verify and convert model bundles",
+        description="Model bundles: folders with card.json and weights.safetensors.",
+    )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION")
 
     p = sub.add_parser("list", help="list the bundles found in the search path")
@@ -45,21 +66,32 @@ def register(subparsers) -> None:
         "torch.load(weights_only=True), which refuses arbitrary objects, but only convert files you trust.",
     )
     p.add_argument("checkpoint", type=Path, help="the .pt/.pth/.ckpt file")
-    p.add_argument("--card", type=Path, required=True,
-                   help="card (JSON or YAML) with name, task, inputs, output, architecture, slicing")
+    p.add_argument(
+        "--card",
+        type=Path,
+        required=True,
+        help="card (JSON or YAML) with name, task, inputs, output, architecture, slicing",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--key", default=None,
-                   help="key of the state dict inside the checkpoint (default: the checkpoint itself, "
-                   "or its 'state_dict'/'generator'/'model' entry)")
+    p.add_argument(
+        "--key",
+        default=None,
+        help="key of the state dict inside the checkpoint (default: the checkpoint itself, "
+        "or its 'state_dict'/'generator'/'model' entry)",
+    )
     p.set_defaults(func=_convert)
 
-    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+    def _help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 1
+
+    parser.set_defaults(func=_help)
 
 
 def _list(args: argparse.Namespace) -> int:
     from ..bundle import find_models, models_search_path
 
-    problems: list = []
+    problems: list[tuple[Path, str]] = []
     rows = [info.summary() for info in find_models(problems)]
     for folder, message in problems:
         print(f"neurosynth models list: skipped {folder}: {message}", file=sys.stderr)
@@ -73,8 +105,16 @@ def _list(args: argparse.Namespace) -> int:
     table = [("NAME", "TASK", "INPUTS -> OUTPUT", "ARCH", "PARAMS", "FOUND IN")]
     for r in rows:
         n = r["n_parameters"]
-        table.append((r["name"], str(r["task"]), f"{' + '.join(r['inputs'] or [])} -> {r['output']}",
-                      str(r["architecture"]), f"{n:,}" if isinstance(n, int) else "?", f"{r['source']}: {r['path']}"))
+        table.append(
+            (
+                r["name"],
+                str(r["task"]),
+                f"{' + '.join(r['inputs'] or [])} -> {r['output']}",
+                str(r["architecture"]),
+                f"{n:,}" if isinstance(n, int) else "?",
+                f"{r['source']}: {r['path']}",
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -108,8 +148,11 @@ def _convert(args: argparse.Namespace) -> int:
 
     card = read_card(args.card)
     card.pop("weights", None)
-    validate_card({**card, "normalization": card.get("normalization", {}), "slicing": card.get("slicing", {})},
-                  require_weights=False, where=str(args.card))
+    validate_card(
+        {**card, "normalization": card.get("normalization", {}), "slicing": card.get("slicing", {})},
+        require_weights=False,
+        where=str(args.card),
+    )
     try:
         # weights_only=True: the restricted unpickler that only rebuilds tensors and plain containers
         obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True)

@@ -8,6 +8,34 @@ Examples
     neurosynth study summary --db ratings.sqlite --study runs --plot mos.png
     neurosynth study export --db ratings.sqlite -o ratings.csv
     neurosynth study import --db ratings.sqlite other_site.csv
+
+The same, on two tiny cases:
+
+>>> import pathlib, tempfile
+>>> import numpy as np
+>>> from napari_neurosynth.cli import main
+>>> from napari_neurosynth.io import Volume, write_volume
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> for cond in ("acquired", "t1_to_t2"):
+...     for case in ("sub-01", "sub-02"):
+...         _ = write_volume(Volume(np.ones((4, 4, 4), np.float32), np.eye(4)), root / "runs" / cond / f"{case}.nii.gz")
+>>> main(["study", "create", str(root / "runs"), "-o", str(root / "study.yaml"), "--turing"])
+wrote .../study.yaml: study 'runs', 2 cases, 4 items to rate (acquired: 2, t1_to_t2: 2)
+0
+>>> _ = (root / "site.csv").write_text("rater,case_id,condition,score,turing_choice\\n"
+...     "a,sub-01,acquired,5,real\\na,sub-02,acquired,4,real\\n"
+...     "a,sub-01,t1_to_t2,3,synthetic\\na,sub-02,t1_to_t2,4,real\\n")
+>>> main(["study", "import", "--db", str(root / "r.sqlite"), str(root / "site.csv"), "--study", "runs"])
+imported 4 ratings into .../r.sqlite
+0
+>>> main(["study", "summary", "--db", str(root / "r.sqlite"), "--study", "runs"])
+4 current ratings by 1 rater(s) in study runs
+...
+Real-vs-synthetic accuracy: 0.750 (3/4), ...
+0
+>>> main(["study", "export", "--db", str(root / "r.sqlite"), "-o", str(root / "ratings.json")])
+wrote 4 ratings to .../ratings.json
+0
 """
 
 from __future__ import annotations
@@ -15,10 +43,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NeurosynthError
+
+if TYPE_CHECKING:
+    from ..ratings import RatingStore
 
 
 def _db_arg(parser: argparse.ArgumentParser) -> None:
@@ -30,14 +61,20 @@ def _db_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "study",
         help="reader studies: create a study file, summarise and export ratings",
-        description="Reader studies: build a study definition, and summarise or export the ratings stored in a database.",
+        description="Reader studies: build a study definition, and summarise or export the ratings stored in a "
+        "database.",
     )
     sub = parser.add_subparsers(dest="study_command", metavar="ACTION")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+
+    def _help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 1
+
+    parser.set_defaults(func=_help)
 
     create = sub.add_parser(
         "create",
@@ -50,12 +87,22 @@ def register(subparsers) -> None:
     create.add_argument("--id", dest="study_id", help="study id (default: the folder name)")
     create.add_argument("--seed", type=int, default=0, help="seed of the per-rater order (default 0)")
     create.add_argument("--no-blind", dest="blinded", action="store_false", help="show condition and case names")
-    create.add_argument("--subscores", nargs="*", default=None, metavar="NAME",
-                        help="ask Likert sub-scores (all four if no name: realism, anatomical_correctness, "
-                        "lesion_conspicuity, diagnostic_usability)")
+    create.add_argument(
+        "--subscores",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="ask Likert sub-scores (all four if no name: realism, anatomical_correctness, "
+        "lesion_conspicuity, diagnostic_usability)",
+    )
     create.add_argument("--turing", action="store_true", help="ask real vs synthetic with confidence")
-    create.add_argument("--reference", action="append", default=[], metavar="NAME",
-                        help="a condition name to show beside each case as a reference instead of rating it (repeatable)")
+    create.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a condition name to show beside each case as a reference instead of rating it (repeatable)",
+    )
     create.add_argument("--acquired", default="acquired", help="name of the real condition (default: acquired)")
     create.add_argument("--force", action="store_true", help="overwrite an existing study file")
     create.set_defaults(func=_create)
@@ -65,8 +112,12 @@ def register(subparsers) -> None:
     summary.add_argument("--study", help="only this study (default: all current ratings in the file)")
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
     summary.add_argument("--plot", type=Path, metavar="OUT.png", help="also save a score-distribution plot")
-    summary.add_argument("--ci", choices=["wilson", "clopper-pearson"], default="wilson",
-                         help="binomial CI of Turing-test accuracy (default wilson)")
+    summary.add_argument(
+        "--ci",
+        choices=["wilson", "clopper-pearson"],
+        default="wilson",
+        help="binomial CI of Turing-test accuracy (default wilson)",
+    )
     summary.add_argument("--acquired", default="acquired", help="name of the real condition (default: acquired)")
     summary.set_defaults(func=_summary)
 
@@ -87,7 +138,7 @@ def register(subparsers) -> None:
     imp.set_defaults(func=_import)
 
 
-def _open(args):
+def _open(args: argparse.Namespace) -> RatingStore:
     from ..ratings import RatingStore, default_db_path
 
     path = args.db if args.db is not None else default_db_path()
@@ -97,7 +148,7 @@ def _open(args):
     return RatingStore(path)
 
 
-def _create(args) -> int:
+def _create(args: argparse.Namespace) -> int:
     from ..ratings import SUBSCORES
     from ..study import create_study
 
@@ -123,7 +174,7 @@ def _create(args) -> int:
     return 0
 
 
-def _summary(args) -> int:
+def _summary(args: argparse.Namespace) -> int:
     from ..study_stats import format_summary, plot_distributions, summarize
 
     with _open(args) as store:
@@ -136,8 +187,9 @@ def _summary(args) -> int:
         plot_distributions(rows, args.plot)
         result["plot"] = str(args.plot)
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+        from ..export import dumps_json
+
+        print(dumps_json(result))
     else:
         print(format_summary(result))
         if args.plot is not None:
@@ -145,14 +197,13 @@ def _summary(args) -> int:
     return 0
 
 
-def _export(args) -> int:
+def _export(args: argparse.Namespace) -> int:
     with _open(args) as store:
         if args.output.suffix.lower() == ".json":
+            from ..export import write_json
+
             rows = store.ratings(study=args.study, history=not args.current_only)
-            try:
-                args.output.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-            except OSError as exc:
-                raise NeurosynthError(f"cannot write {args.output}: {exc.strerror}") from None
+            write_json(rows, args.output)
             n = len(rows)
         else:
             n = store.export_csv(args.output, study=args.study, history=not args.current_only)
@@ -160,7 +211,7 @@ def _export(args) -> int:
     return 0
 
 
-def _import(args) -> int:
+def _import(args: argparse.Namespace) -> int:
     from ..ratings import EXTRA_FIELDS, RatingStore
 
     try:
@@ -171,10 +222,12 @@ def _import(args) -> int:
     needed = {"rater", "case_id", "condition", "score"}
     if not rows or not needed <= set(rows[0]):
         raise NeurosynthError(f"{args.csv} needs a header with at least {', '.join(sorted(needed))}")
-    batch = []
+    batch: list[dict[str, Any]] = []
     for row in rows:
-        item = {k: row[k] for k in EXTRA_FIELDS if k != "metadata" and row.get(k) not in (None, "")}
-        item.update(rater=row["rater"], case=row["case_id"], condition=row["condition"], study=row.get("study") or args.study)
+        item: dict[str, Any] = {k: row[k] for k in EXTRA_FIELDS if k != "metadata" and row.get(k) not in (None, "")}
+        item.update(
+            rater=row["rater"], case=row["case_id"], condition=row["condition"], study=row.get("study") or args.study
+        )
         try:
             item["score"] = float(row["score"])
         except ValueError:

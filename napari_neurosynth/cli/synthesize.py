@@ -29,49 +29,70 @@ them apart from acquired images, also when OUT_DIR is the input folder).
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import NeurosynthError
+
+if TYPE_CHECKING:
+    from ..slicing import ModelLike
 
 _EXT = re.compile(r"(\.nii\.gz|\.nii|\.mgz|\.mgh|\.nrrd|\.nhdr|\.mha|\.mhd)$", re.IGNORECASE)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "synthesize",
         help="synthesize a contrast from one subject's images, or from many (--batch)",
         description="Run a model bundle on input volumes; the output lies on the first input's grid.",
         epilog="Examples:\n"
-               "  neurosynth synthesize t1.nii.gz --model t1_to_t2 -o t2_synth.nii.gz\n"
-               "  neurosynth synthesize --batch data/BraTS --model t1_to_t2 -o out/\n"
-               "  neurosynth synthesize --batch subjects.csv --model t1_to_t2 -o out/",
+        "  neurosynth synthesize t1.nii.gz --model t1_to_t2 -o t2_synth.nii.gz\n"
+        "  neurosynth synthesize --batch data/BraTS --model t1_to_t2 -o out/\n"
+        "  neurosynth synthesize --batch subjects.csv --model t1_to_t2 -o out/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="input volumes in the model's input order (see `neurosynth models list`)")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="input volumes in the model's input order (see `neurosynth models list`)",
+    )
     p.add_argument("--model", "-m", required=True, help="bundle name or bundle folder")
-    p.add_argument("-o", "--output", required=True,
-                   help="output file (one subject) or output folder (--batch)")
-    p.add_argument("--batch", metavar="DIR|GLOB|CSV",
-                   help="many subjects: a folder (BraTS-style names), a glob of first-input files, or a CSV")
+    p.add_argument("-o", "--output", required=True, help="output file (one subject) or output folder (--batch)")
+    p.add_argument(
+        "--batch",
+        metavar="DIR|GLOB|CSV",
+        help="many subjects: a folder (BraTS-style names), a glob of first-input files, or a CSV",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast precision (auto: bf16/fp16 on GPU, fp32 on CPU)",
+    )
     p.add_argument("--batch-size", default="auto", help="slices per batch (auto: from free memory)")
-    p.add_argument("--resample", action="store_true",
-                   help="resample inputs on other grids onto the first input's grid instead of refusing them")
-    p.add_argument("--no-crop", dest="crop", action="store_false",
-                   help="run the network on whole slices (slower; default crops to the head)")
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample inputs on other grids onto the first input's grid instead of refusing them",
+    )
+    p.add_argument(
+        "--no-crop",
+        dest="crop",
+        action="store_false",
+        help="run the network on whole slices (slower; default crops to the head)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _batch_size(text: str) -> int | str:
+def _parse_batch_size(text: str) -> int | str:
     if str(text).lower() == "auto":
         return "auto"
     try:
@@ -127,7 +148,7 @@ def subjects_from_glob(pattern: str, modalities: list[str]) -> dict[str, dict[st
         if not path.is_file():
             continue
         stem = _stem(path)
-        ext = path.name[len(stem):]
+        ext = path.name[len(stem) :]
         prefix = _match(stem, first)
         files = {first: path}
         if prefix is None:
@@ -138,7 +159,7 @@ def subjects_from_glob(pattern: str, modalities: list[str]) -> dict[str, dict[st
         sep = stem[len(prefix)] if prefix and len(stem) > len(prefix) else "_"
         for m in modalities[1:]:
             name = f"{prefix}{sep}{m}{ext}" if prefix else f"{m}{ext}"
-            candidates = [path.parent / name] + sorted(path.parent.glob(f"{prefix}{sep}{m}.*" if prefix else f"{m}.*"))
+            candidates = [path.parent / name, *sorted(path.parent.glob(f"{prefix}{sep}{m}.*" if prefix else f"{m}.*"))]
             hit = next((c for c in candidates if c.is_file() and _EXT.search(c.name)), None)
             if hit is not None:
                 files[m] = hit
@@ -150,30 +171,12 @@ def subjects_from_glob(pattern: str, modalities: list[str]) -> dict[str, dict[st
 
 
 def subjects_from_csv(csv_path: Path, modalities: list[str]) -> dict[str, dict[str, Path]]:
-    """Rows ``subject,<input 1>,<input 2>...``; relative paths are taken from the CSV's folder."""
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise NeurosynthError(f"cannot read {csv_path}: {exc}") from None
-    missing = [c for c in ["subject", *[m.lower() for m in modalities]] if c not in columns]
-    if missing:
-        raise NeurosynthError(
-            f"{csv_path} lacks column(s) {', '.join(missing)}; it needs 'subject' and one column per model input "
-            f"({', '.join(modalities)})"
-        )
-    subjects: dict[str, dict[str, Path]] = {}
-    for i, row in enumerate(rows, start=2):
-        name = row["subject"] or f"row{i}"
-        files = {}
-        for m in modalities:
-            if row[m.lower()]:
-                p = Path(row[m.lower()]).expanduser()
-                files[m] = p if p.is_absolute() else csv_path.parent / p
-        subjects[name] = files
-    return subjects
+    """Rows ``subject,<input 1>,<input 2>...``; relative paths are taken from the CSV's folder
+    (:func:`napari_neurosynth.data.read_manifest`, the parser training uses too)."""
+    from ..data import read_manifest
+
+    rows = read_manifest(csv_path, required=modalities, path_columns=[m.lower() for m in modalities])
+    return {str(r["subject"]): {m: Path(r[m.lower()]) for m in modalities if m.lower() in r} for r in rows}
 
 
 def find_subjects(spec: str, modalities: list[str]) -> dict[str, dict[str, Path]]:
@@ -201,8 +204,13 @@ class _Bar:
     def __init__(self, total: float, unit: str, quiet: bool):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, unit=unit, disable=quiet, file=sys.stderr,
-                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} {unit} [{elapsed}<{remaining}]")
+        self.bar = tqdm(
+            total=total,
+            unit=unit,
+            disable=quiet,
+            file=sys.stderr,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} {unit} [{elapsed}<{remaining}]",
+        )
         self.base = 0.0
 
     def at(self, fraction: float) -> None:
@@ -220,14 +228,22 @@ class _Bar:
         self.bar.close()
 
 
-def _synthesize_one(model, paths: list[Path], out: Path, args, progress) -> dict:
+def _synthesize_one(
+    model: ModelLike, paths: list[Path], out: Path, args: argparse.Namespace, progress: Callable[[float], None]
+) -> dict[str, object]:
     from ..inference import synthesize_volume
     from ..io import read_volume, write_volume
 
     volumes = [read_volume(p) for p in paths]
     result = synthesize_volume(
-        model, volumes, device=args.device, progress=progress, precision=args.precision,
-        batch_size=_batch_size(args.batch_size), resample=args.resample, crop=args.crop,
+        model,
+        volumes,
+        device=args.device,
+        progress=progress,
+        precision=args.precision,
+        batch_size=_parse_batch_size(args.batch_size),
+        resample=args.resample,
+        crop=args.crop,
     )
     result.metadata["inputs"] = [str(p) for p in paths]
     write_volume(result, out)
@@ -239,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.inputs) == bool(args.batch):
         raise NeurosynthError("give either INPUT files (one subject) or --batch DIR|GLOB|CSV (many), not both or none")
-    _batch_size(args.batch_size)  # fail early on a bad value
+    _parse_batch_size(args.batch_size)  # fail early on a bad value
     model = load_model(args.model)
     modalities = list(model.card["inputs"])
     out = Path(args.output).expanduser()
@@ -257,8 +273,10 @@ def run(args: argparse.Namespace) -> int:
             info = _synthesize_one(model, [Path(p) for p in args.inputs], out, args, bar.at)
         finally:
             bar.close()
-        print(f"wrote {out} ({model.output} from {', '.join(modalities)} by {model.name} on {info['device']} "
-              f"{info['precision']}, {info['seconds']:.2f} s)")
+        print(
+            f"wrote {out} ({model.output} from {', '.join(modalities)} by {model.name} on {info['device']} "
+            f"{info['precision']}, {info['seconds']:.2f} s)"
+        )
         return 0
 
     subjects = find_subjects(args.batch, modalities)
@@ -283,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
                 written += 1
             except NeurosynthError as exc:
                 failures.append((name, str(exc)))
-            except Exception as exc:  # noqa: BLE001 - a bad subject must not stop the batch
+            except Exception as exc:  # a bad subject must not stop the batch
                 failures.append((name, f"{type(exc).__name__}: {exc}"))
         bar.at(1.0)
     finally:

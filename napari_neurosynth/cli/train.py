@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NeurosynthError
+
+if TYPE_CHECKING:
+    from ..bundle import Model
 
 _ARCH_DEFAULTS = {
     "resnet": "base=16,n_blocks=4",
@@ -22,8 +26,19 @@ _ARCH_DEFAULTS = {
 }
 
 
-def _arch_args(text: str) -> dict:
-    out = {}
+def _arch_args(text: str) -> dict[str, int | str]:
+    """Parse ``--arch-args``: comma-separated ``key=value``, integers where they parse.
+
+    Examples
+    --------
+    >>> _arch_args("base=16, n_blocks=4,fusion=concat")
+    {'base': 16, 'n_blocks': 4, 'fusion': 'concat'}
+    >>> _arch_args("base")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: --arch-args: write key=value pairs separated by commas, not 'base'
+    """
+    out: dict[str, int | str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             raise NeurosynthError(f"--arch-args: write key=value pairs separated by commas, not {part!r}")
@@ -35,7 +50,7 @@ def _arch_args(text: str) -> dict:
     return out
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a generator (paired pix2pix, unpaired CycleGAN, or MCSR) and export a model bundle",
@@ -52,54 +67,125 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, metavar="FOLDER", help="bundle folder to write")
     p.add_argument("--inputs", nargs="+", default=["t1"], metavar="MOD", help="input modalities in network order")
     p.add_argument("--output", default="t2", metavar="MOD", help="target modality")
-    p.add_argument("--data", default="phantom:0-7",
-                   help="phantom:SEEDS, a BraTS/IXI folder, or a CSV manifest")
+    p.add_argument("--data", default="phantom:0-7", help="phantom:SEEDS, a BraTS/IXI folder, or a CSV manifest")
     p.add_argument("--val-data", default=None, help="validation data (default phantom:900 for phantom training)")
-    p.add_argument("--resolution", nargs="+", type=float, default=[2.0], metavar="MM",
-                   help="phantom voxel size(s) in mm, cycled over the seeds")
-    p.add_argument("--arch", default=None, choices=sorted(_ARCH_DEFAULTS),
-                   help="generator architecture (default: resnet; fusion for several inputs in paired mode; mcsr for --mode mcsr)")
-    p.add_argument("--arch-args", default=None, metavar="K=V,...", help="architecture arguments, e.g. base=16,n_blocks=4")
-    p.add_argument("--context", type=int, default=None, help="neighbour slices each side (2.5-D); default 1, 0 for unpaired")
+    p.add_argument(
+        "--resolution",
+        nargs="+",
+        default=["2"],
+        metavar="MM",
+        help="phantom voxel size(s) in mm, cycled over the seeds: 2, or 1x1x3 for anisotropic voxels",
+    )
+    p.add_argument(
+        "--randomize",
+        action="store_true",
+        help="domain randomisation of the phantom subjects: whole head or skull-stripped, 1.5 or 3 T, "
+        "default or random TR/TE/TI, noise, bias, field-of-view crops (seeded per subject)",
+    )
+    p.add_argument("--flips", action="store_true", help="mirror training patches at random (both in-plane axes)")
+    p.add_argument(
+        "--normalization",
+        choices=["central_median", "percentile"],
+        default="central_median",
+        help="input intensity normalisation (central_median: the same for whole-head and "
+        "skull-stripped images; percentile: the 99.5th percentile of the foreground)",
+    )
+    p.add_argument(
+        "--arch",
+        default=None,
+        choices=sorted(_ARCH_DEFAULTS),
+        help="generator architecture (default: resnet; fusion for several inputs in paired mode; mcsr for --mode mcsr)",
+    )
+    p.add_argument(
+        "--arch-args", default=None, metavar="K=V,...", help="architecture arguments, e.g. base=16,n_blocks=4"
+    )
+    p.add_argument(
+        "--context", type=int, default=None, help="neighbour slices each side (2.5-D); default 1, 0 for unpaired"
+    )
     p.add_argument("--patch", type=int, default=64, help="patch edge in pixels")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=50, help="steps per epoch")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--lr-decay-start", type=float, default=0.5, metavar="FRACTION",
-                   help="fraction of the epochs after which the learning rate decays linearly to 0 (1 = no decay)")
+    p.add_argument(
+        "--lr-decay-start",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
+        help="fraction of the epochs after which the learning rate decays linearly to 0 (1 = no decay)",
+    )
     p.add_argument("--lambda-l1", type=float, default=100.0)
     p.add_argument("--lambda-adv", type=float, default=1.0)
     p.add_argument("--lambda-gdl", type=float, default=0.0)
     p.add_argument("--lambda-cycle", type=float, default=10.0)
     # Identity (Zhu et al.'s colour-preservation term) makes a contrast-inverting
     # generator (T1 -> T2) copy its input; off unless asked for.
-    p.add_argument("--lambda-identity", type=float, default=0.0,
-                   help="unpaired identity-loss weight (default 0: it pulls T1->T2 towards copying T1)")
-    p.add_argument("--disc-blur", type=float, default=0.0, metavar="SIGMA",
-                   help="unpaired: Gaussian low-pass (sigma in pixels) of real and synthesized images before the "
-                        "discriminators, so they judge contrast and anatomy rather than noise texture")
-    p.add_argument("--cycle-blur", type=float, default=0.0, metavar="SIGMA",
-                   help="unpaired: compare the cycle reconstruction with its input after a Gaussian low-pass, so "
-                        "the generators need not hide the input's noise in their output")
-    p.add_argument("--pool-size", type=int, default=0, metavar="N",
-                   help="unpaired: show the discriminators a history of N earlier synthesized images (CycleGAN uses 50)")
-    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="validate and export an exponential moving average of the generator's weights (e.g. 0.999)")
-    p.add_argument("--keep-best", action="store_true",
-                   help="export the generator from the epoch with the best validation PSNR, not the last one")
+    p.add_argument(
+        "--lambda-identity",
+        type=float,
+        default=0.0,
+        help="unpaired identity-loss weight (default 0: it pulls T1->T2 towards copying T1)",
+    )
+    p.add_argument(
+        "--disc-blur",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="unpaired: Gaussian low-pass (sigma in pixels) of real and synthesized images before the "
+        "discriminators, so they judge contrast and anatomy rather than noise texture",
+    )
+    p.add_argument(
+        "--cycle-blur",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="unpaired: compare the cycle reconstruction with its input after a Gaussian low-pass, so "
+        "the generators need not hide the input's noise in their output",
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="unpaired: show the discriminators a history of N earlier synthesized images (CycleGAN uses 50)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate and export an exponential moving average of the generator's weights (e.g. 0.999)",
+    )
+    p.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="export the generator from the epoch with the best validation PSNR, not the last one",
+    )
     p.add_argument("--disc-base", type=int, default=16, help="PatchGAN base channels")
-    p.add_argument("--disc-layers", type=int, default=3,
-                   help="PatchGAN strided layers (3: 70-pixel receptive field; 4: 142; 5: 286)")
+    p.add_argument(
+        "--disc-layers",
+        type=int,
+        default=3,
+        help="PatchGAN strided layers (3: 70-pixel receptive field; 4: 142; 5: 286)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint there after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    p.add_argument("--heldout", default=None, metavar="SEEDS",
-                   help="phantom seeds for the card's held-out table (e.g. 1000-1002)")
+    p.add_argument(
+        "--heldout", default=None, metavar="SEEDS", help="phantom seeds for the card's held-out table (e.g. 1000-1002)"
+    )
     p.add_argument("--heldout-resolution", type=float, default=2.0, metavar="MM")
+    p.add_argument(
+        "--grid",
+        action="store_true",
+        help="also fill the card's evaluation grid (head x voxel size x field/protocol) on the --heldout seeds",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; only CPU runs are bit-reproducible")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; only CPU runs are bit-reproducible",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -113,10 +199,34 @@ def register(subparsers) -> None:
             "Seeds and resolution default to those in the card."
         ),
     )
-    h.add_argument("model", metavar="NAME", help="bundle name or folder")
+    h.add_argument(
+        "model",
+        metavar="NAME",
+        nargs="+",
+        help="bundle name(s) or folder(s); several share the grid's phantoms (their first input must agree)",
+    )
     h.add_argument("--seeds", default=None, help="phantom seeds, e.g. 1000-1002 (default: the card's)")
-    h.add_argument("--resolution", type=float, default=None, metavar="MM", help="phantom voxel size (default: the card's)")
+    h.add_argument(
+        "--resolution", type=float, default=None, metavar="MM", help="phantom voxel size (default: the card's)"
+    )
     h.add_argument("--train-data", default=None, help="training data for the LUT baseline (default: the card's)")
+    h.add_argument(
+        "--write-card",
+        action="store_true",
+        help="store the recomputed grid in each bundle's card (metrics.grid) and README",
+    )
+    h.add_argument(
+        "--no-grid", action="store_true", help="only the single table at --resolution, not the card's evaluation grid"
+    )
+    h.add_argument(
+        "--heads",
+        nargs="+",
+        default=None,
+        metavar="HEAD",
+        help="grid heads to run (whole_head skull_stripped; default all)",
+    )
+    h.add_argument("--resolutions", nargs="+", default=None, metavar="RES", help="grid voxel sizes (1mm 2mm 1x1x3mm)")
+    h.add_argument("--fields", nargs="+", default=None, metavar="FIELD", help="grid fields (3T 1.5T random_protocol)")
     h.add_argument("--json", action="store_true", help="print JSON")
     h.set_defaults(func=run_heldout)
 
@@ -124,7 +234,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..training import Trainer, TrainConfig, command_line, export_bundle
+    from ..data import parse_resolution
+    from ..preprocessing import DEFAULT_NORMALIZATION
+    from ..training import TrainConfig, Trainer, command_line, export_bundle
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,25 +244,61 @@ def run(args: argparse.Namespace) -> int:
     arch = args.arch or ("mcsr" if mode == "mcsr" else "fusion" if len(args.inputs) > 1 else "resnet")
     context = args.context if args.context is not None else (0 if mode == "unpaired" else 1)
     cfg = TrainConfig(
-        mode=mode, name=args.name, inputs=list(args.inputs), output=args.output, data=args.data,
-        val_data=args.val_data, resolution=list(args.resolution), architecture=arch,
+        mode=mode,
+        name=args.name,
+        inputs=list(args.inputs),
+        output=args.output,
+        data=args.data,
+        val_data=args.val_data,
+        resolution=[parse_resolution(r) for r in args.resolution],
+        architecture=arch,
         arch_args=_arch_args(args.arch_args if args.arch_args is not None else _ARCH_DEFAULTS[arch]),
-        context=context, patch=args.patch, batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps,
-        lr=args.lr, lr_decay_start=args.lr_decay_start, lambda_l1=args.lambda_l1, lambda_adv=args.lambda_adv, lambda_gdl=args.lambda_gdl,
+        context=context,
+        patch=args.patch,
+        batch=args.batch,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        lr=args.lr,
+        lr_decay_start=args.lr_decay_start,
+        lambda_l1=args.lambda_l1,
+        lambda_adv=args.lambda_adv,
+        lambda_gdl=args.lambda_gdl,
         lambda_cycle=args.lambda_cycle,
-        lambda_identity=args.lambda_identity, disc_blur=args.disc_blur, cycle_blur=args.cycle_blur,
-        pool_size=args.pool_size, ema=args.ema, keep_best=args.keep_best,
-        disc_base=args.disc_base, disc_layers=args.disc_layers, seed=args.seed, device=args.device,
+        lambda_identity=args.lambda_identity,
+        disc_blur=args.disc_blur,
+        cycle_blur=args.cycle_blur,
+        pool_size=args.pool_size,
+        ema=args.ema,
+        keep_best=args.keep_best,
+        disc_base=args.disc_base,
+        disc_layers=args.disc_layers,
+        seed=args.seed,
+        device=args.device,
+        randomize=args.randomize,
+        flips=args.flips,
+        normalization=(
+            dict(DEFAULT_NORMALIZATION)
+            if args.normalization == "central_median"
+            else {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1}
+        ),
     )
     trainer = Trainer(cfg)
     trainer.fit(args.checkpoint_dir, resume=args.resume, progress=not args.no_progress)
     argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("neurosynth") else ["train", *_reconstruct(args)]
-    folder = export_bundle(trainer, args.out, command=command_line([a for a in argv if a != "--resume"]),
-                           heldout=args.heldout, heldout_resolution=args.heldout_resolution)
+    folder = export_bundle(
+        trainer,
+        args.out,
+        command=command_line([a for a in argv if a != "--resume"]),
+        heldout=args.heldout,
+        heldout_resolution=args.heldout_resolution,
+        grid=args.grid,
+    )
     print(f"wrote bundle {folder}")
     card = json.loads((folder / "card.json").read_text())
     if "metrics" in card:
         print(format_heldout(card["metrics"]))
+        if "grid" in card["metrics"]:
+            print(format_grid(card["metrics"]["grid"]))
     return 0
 
 
@@ -175,14 +323,64 @@ def _reconstruct(args: argparse.Namespace) -> list[str]:
 def format_heldout(metrics: dict) -> str:
     """The held-out table as text: one row per predictor, brain (and lesion) metrics."""
     rows = {"model": metrics["held_out"], **metrics["baselines"]}
-    keys = [k for k in ("psnr_brain", "ssim_brain", "mae_brain", "nmse_brain",
-                        "psnr_lesion", "ssim_lesion", "mae_lesion") if k in metrics["held_out"]]
-    lines = [f"held-out phantom seeds {metrics['seeds']} at {metrics['resolution_mm']:g} mm (mean over subjects)",
-             f"{'predictor':<20}" + "".join(f"{k:>13}" for k in keys)]
+    keys = [
+        k
+        for k in ("psnr_brain", "ssim_brain", "mae_brain", "nmse_brain", "psnr_lesion", "ssim_lesion", "mae_lesion")
+        if k in metrics["held_out"]
+    ]
+    lines = [
+        f"held-out phantom seeds {metrics['seeds']} at {metrics['resolution_mm']:g} mm (mean over subjects)",
+        f"{'predictor':<20}" + "".join(f"{k:>13}" for k in keys),
+    ]
     for name, r in rows.items():
         lines.append(f"{name:<20}" + "".join(f"{r[k]:>13.4f}" for k in keys))
-    lines.append("model beats both baselines (PSNR and MAE in the brain): "
-                 + ("yes" if metrics.get("beats_baselines") else "NO"))
+    lines.append(
+        "model beats both baselines (PSNR and MAE in the brain): " + ("yes" if metrics.get("beats_baselines") else "NO")
+    )
+    return "\n".join(lines)
+
+
+def format_grid(grid: dict) -> str:
+    """The evaluation grid as text: one row per cell (brain PSNR / SSIM / MAE of model, LUT, input),
+    the retained lesion contrast per kind, and the shipping-rule verdict."""
+    kinds = sorted({k for c in grid["cells"] for k in (c.get("lesion_contrast") or {})})
+    head = (
+        f"{'cell':<34}{'PSNR':>7}{'SSIM':>7}{'MAE':>8} |{'LUT PSNR':>9}{'MAE':>8} |{'input':>7}{'MAE':>8} |"
+        + "".join(f"{k[:10]:>11}" for k in kinds)
+    )
+    lines = [f"evaluation grid, held-out phantom seeds {grid['seeds']} (brain mask; retained lesion contrast)", head]
+    for c in grid["cells"]:
+        m, lut, inp = c["held_out"], c["baselines"]["intensity_lut"], c["baselines"]["input_standardised"]
+        lc = c.get("lesion_contrast") or {}
+        ret = "".join(
+            f"{'' if lc.get(k, {}).get('retained') is None else format(lc[k]['retained'], '.2f'):>11}" for k in kinds
+        )
+        lines.append(
+            f"{c['name']:<34}{m['psnr_brain']:>7.2f}{m['ssim_brain']:>7.3f}{m['mae_brain']:>8.4f} |"
+            f"{lut['psnr_brain']:>9.2f}{lut['mae_brain']:>8.4f} |{inp['psnr_brain']:>7.2f}"
+            f"{inp['mae_brain']:>8.4f} |{ret}"
+        )
+    rule = grid.get("rule") or {}
+    s = grid.get("summary") or {}
+    if s:
+        lines.append(
+            f"{'mean over the grid':<34}{s['model']['psnr_brain']:>7.2f}{s['model']['ssim_brain']:>7.3f}"
+            f"{s['model']['mae_brain']:>8.4f} |{s['intensity_lut']['psnr_brain']:>9.2f}"
+            f"{s['intensity_lut']['mae_brain']:>8.4f} |{s['input_standardised']['psnr_brain']:>7.2f}"
+            f"{s['input_standardised']['mae_brain']:>8.4f} |"
+        )
+    if rule:
+        lines.append(
+            f"gain over the LUT {rule['mean_gain_over_lut_db']:+.2f} dB; largest skull-stripped gap "
+            f"{rule['max_skull_strip_gap_db']:.2f} dB; lesion kinds held to the rule: "
+            f"{', '.join(rule['required_lesion_kinds']) or 'none'}"
+            + (
+                f" (not synthesizable from the inputs: {', '.join(rule['not_required'])})"
+                if rule.get("not_required")
+                else ""
+            )
+        )
+        lines.append("shipping rule: " + ("PASSED" if rule["passed"] else "FAILED: " + "; ".join(rule["failures"])))
     return "\n".join(lines)
 
 
@@ -191,17 +389,55 @@ def run_heldout(args: argparse.Namespace) -> int:
     from ..data import parse_seeds
     from ..training import evaluate_bundle
 
-    model = load_model(args.model)
+    models = [load_model(name) for name in args.model]
+    model = models[0]
     card_metrics = model.card.get("metrics") or {}
     seeds = parse_seeds(args.seeds) if args.seeds else card_metrics.get("seeds")
     if not seeds:
         raise NeurosynthError(f"model {model.name!r} has no held-out seeds in its card; pass --seeds, e.g. 1000-1002")
     resolution = args.resolution or card_metrics.get("resolution_mm") or 2.0
+    want_grid = not args.no_grid and (
+        card_metrics.get("grid") or args.heads or args.resolutions or args.fields or args.write_card or len(models) > 1
+    )
+    if want_grid:
+        from ..training import evaluate_grids, grid_cells
+
+        grid_seeds = seeds if args.seeds else ((card_metrics.get("grid") or {}).get("seeds") or seeds)
+        cells = grid_cells(args.heads, args.resolutions, args.fields)
+        grids = evaluate_grids(
+            models,
+            grid_seeds,
+            cells=cells,
+            train_data=args.train_data,
+            progress=lambda name: print(f"  {name} ...", file=sys.stderr, flush=True),
+        )
+        for m, grid in zip(models, grids):
+            if args.json:
+                print(json.dumps({"model": m.name, **grid}, indent=2))
+            else:
+                print(f"{m.name}: {' + '.join(m.inputs)} -> {m.output}")
+                print(format_grid(grid))
+            if args.write_card:
+                _write_grid(m, grid)
+        return 0
+    if len(models) > 1:
+        raise NeurosynthError("--no-grid takes one model")
     result = evaluate_bundle(model, seeds, resolution, train_data=args.train_data)
     if args.json:
-        result = {k: v for k, v in result.items()}
-        print(json.dumps(result, indent=2))
+        print(json.dumps(dict(result), indent=2))
     else:
         print(f"{model.name}: {' + '.join(model.inputs)} -> {model.output}")
         print(format_heldout(result))
     return 0
+
+
+def _write_grid(model: Model, grid: dict[str, Any]) -> None:
+    """Store ``grid`` in the bundle's card (rewritten with its README by :func:`save_bundle`)."""
+    from ..bundle import save_bundle
+
+    if model.path is None:
+        raise NeurosynthError(f"model {model.name!r} has no folder to write its card into")
+    card: dict[str, Any] = dict(model.card)
+    card["metrics"] = {**(card.get("metrics") or {}), "grid": grid}
+    save_bundle(model.network, card, model.path)
+    print(f"wrote the evaluation grid into {model.path / 'card.json'}", file=sys.stderr)

@@ -9,8 +9,6 @@ cancel flag (:class:`BackgroundJob`), turn errors into notifications
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -322,7 +320,7 @@ class BackgroundJob(QObject):
     def _on_progress(self, fraction: float) -> None:
         if self._pbar is None:
             return
-        target = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        target = round(100 * min(max(fraction, 0.0), 1.0))
         if target > self._pbar.n:
             self._pbar.update(target - self._pbar.n)
 
@@ -489,22 +487,18 @@ class ResultTable(QWidget):
         path = Path(path)
         if not self.rows:
             raise NeurosynthError(f"The {self.title} is empty; compute it before exporting")
-        try:
-            if path.suffix.lower() == ".json":
-                path.write_text(json.dumps(finite_or_none(self.rows), indent=2, default=json_default))
-            else:
-                with path.open("w", newline="") as fh:
-                    writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
-                    writer.writeheader()
-                    for r in self.rows:
-                        writer.writerow({k: _csv_value(r.get(k)) for k in self.columns})
-        except OSError as exc:
-            raise NeurosynthError(f"Cannot write {path}: {exc.strerror or exc}; choose another file") from exc
+        from napari_neurosynth.export import write_csv, write_json  # one policy: NaN/Inf -> null / empty cell
+
+        if path.suffix.lower() == ".json":
+            return write_json(self.rows, path)
+        write_csv(self.rows, path, self.columns)
         return path
 
     def _export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
-            self, f"Export {self.title}", f"{self.title.replace(' ', '_')}.csv",
+            self,
+            f"Export {self.title}",
+            f"{self.title.replace(' ', '_')}.csv",
             "CSV (*.csv);;JSON (*.json)",
         )
         if path:
@@ -522,55 +516,3 @@ class ResultTable(QWidget):
         has = bool(self.rows)
         self.copy_button.setEnabled(has)
         self.export_button.setEnabled(has)
-
-
-def finite_or_none(value: Any) -> Any:
-    """``value`` with NaN and infinite floats replaced by ``None`` (nested), so the JSON is strict.
-
-    Python's json writes ``NaN``/``Infinity``, which most JSON readers reject.
-    """
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
-        return None
-    return value
-
-
-def json_default(value: Any) -> Any:
-    """``default=`` for :func:`json.dumps`: numpy scalars and arrays as Python values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return " ".join(str(_csv_value(v)) for v in value)
-    return value
-
-
-# --------------------------------------------------------------------------- display helpers
-def robust_contrast_limits(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
-    """Contrast limits from percentiles of the foreground (non-zero, finite voxels).
-
-    Background air dominates a head volume, so percentiles over all voxels would
-    put the upper limit too low; the foreground gives a display like a scanner's.
-    """
-    values = np.asarray(data)
-    values = values[np.isfinite(values)]
-    fg = values[values > 0.05 * values.max()] if values.size and values.max() > 0 else values
-    if fg.size < 10:
-        fg = values
-    if fg.size == 0:
-        return (0.0, 1.0)
-    lo, hi = np.percentile(fg, [low, high])
-    lo = min(float(lo), 0.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return (lo, float(hi))

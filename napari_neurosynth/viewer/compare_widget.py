@@ -23,7 +23,6 @@ and turns results into layers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +43,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neurosynth.display import display_window
 from napari_neurosynth.errors import NeurosynthError
 
 from ._qt_common import (
     BackgroundJob,
     LayerCombo,
     ResultTable,
-    finite_or_none,
-    json_default,
     modality_matcher,
     notify_exception,
-    robust_contrast_limits,
 )
-from .layers import affine_from_layer_attributes, layer_transform_kwargs
+from .layers import affine_from_layer_attributes, layer_transform_kwargs, viewer_camera
 
 __all__ = ["CompareExplainWidget", "METRIC_COLUMNS", "REGION_COLUMNS"]
 
@@ -65,8 +62,18 @@ METRIC_COLUMNS = ("region", "psnr", "ssim", "mae", "nmse", "data_range", "n_voxe
 #: Columns of the disagreement-region table.
 REGION_COLUMNS = ("label", "direction", "voxels", "mm3", "mean_z", "peak_z", "centroid_world")
 _KSPACE_COLUMNS = ("band", "low", "high", "rel_error", "target_energy")
-_FIDELITY_COLUMNS = ("id", "label", "status", "retained", "acq_contrast", "syn_contrast", "acq_cnr", "syn_cnr",
-                     "voxels", "mm3")
+_FIDELITY_COLUMNS = (
+    "id",
+    "label",
+    "status",
+    "retained",
+    "acq_contrast",
+    "syn_contrast",
+    "acq_cnr",
+    "syn_cnr",
+    "voxels",
+    "mm3",
+)
 _CAM_METHODS = (("hirescam", "HiResCAM"), ("gradcam", "Grad-CAM"))
 #: Symmetric display range of the z-map.
 Z_LIMIT = 5.0
@@ -81,8 +88,13 @@ def zmap_colormap():
     from napari.utils.colormaps import Colormap
 
     return Colormap(
-        colors=[[0.0, 0.25, 1.0, 1.0], [0.55, 0.7, 1.0, 0.6], [1.0, 1.0, 1.0, 0.0], [1.0, 0.6, 0.5, 0.6],
-                [1.0, 0.1, 0.0, 1.0]],
+        colors=[
+            [0.0, 0.25, 1.0, 1.0],
+            [0.55, 0.7, 1.0, 0.6],
+            [1.0, 1.0, 1.0, 0.0],
+            [1.0, 0.6, 0.5, 0.6],
+            [1.0, 0.1, 0.0, 1.0],
+        ],
         controls=[0.0, 0.3, 0.5, 0.7, 1.0],
         name="z (blue-clear-red)",
     )
@@ -151,7 +163,30 @@ class CompareExplainWidget(QWidget):
         self._selection: dict = {}
         self._last_synth = None
 
-        # --- layer choices
+        choose = self._build_choices()
+        self.tabs = self._build_tabs(
+            (self._build_metrics_tab(), "Metrics"),
+            (self._build_differences_tab(), "Differences"),
+            (self._build_explain_tab(), "Explain"),
+        )
+        self.cancel_button = QPushButton("Cancel")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(choose)
+        layout.addWidget(self.tabs, 1)
+        bottom = QHBoxLayout()
+        bottom.addStretch(1)
+        bottom.addWidget(self.cancel_button)
+        layout.addLayout(bottom)
+        layout.addWidget(self.status)
+        self._connect()
+
+    # ------------------------------------------------------------------ building the panel
+    def _build_choices(self) -> QFormLayout:
+        """The layer pickers: synthesized, acquired, brain mask, lesions."""
         self.synth_combo = LayerCombo(self.viewer, Image, prefer=lambda lay: 2 if _is_synth(lay) else 0)
         self.target_combo = LayerCombo(self.viewer, Image, optional=True)
         self.mask_combo = LayerCombo(self.viewer, (Labels, Image), optional=True, prefer=_brain_mask_score)
@@ -166,8 +201,10 @@ class CompareExplainWidget(QWidget):
         choose.addRow("Acquired", self.target_combo)
         choose.addRow("Brain mask", self.mask_combo)
         choose.addRow("Lesions", self.lesion_combo)
+        return choose
 
-        # --- metrics tab
+    def _build_metrics_tab(self) -> QWidget:
+        """Metrics: the button and the metrics, k-space and lesion-fidelity tables."""
         self.metrics_button = QPushButton("Compute metrics")
         self.metrics_table = ResultTable("metrics")
         self.kspace_table = ResultTable("k-space error profile")
@@ -185,14 +222,18 @@ class CompareExplainWidget(QWidget):
         ml.addWidget(QLabel("Lesion contrast, acquired vs synthesized"))
         ml.addWidget(self.fidelity_table)
         ml.addStretch(1)
+        return metrics_tab
 
-        # --- differences tab
+    def _build_differences_tab(self) -> QWidget:
+        """Differences: threshold, smoothing and minimum size, the button and the region table."""
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(1.0, 20.0)
         self.threshold_spin.setSingleStep(0.5)
         # 3.5: Iglewicz and Hoaglin's outlier cut for the modified z-score the map holds.
         self.threshold_spin.setValue(3.5)
-        self.threshold_spin.setToolTip("Threshold on |z| (the z-map is a modified z-score; 3.5 is the usual outlier cut)")
+        self.threshold_spin.setToolTip(
+            "Threshold on |z| (the z-map is a modified z-score; 3.5 is the usual outlier cut)"
+        )
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 100000.0)
         self.min_size_spin.setSingleStep(10.0)
@@ -228,8 +269,10 @@ class CompareExplainWidget(QWidget):
         dl.addWidget(self.diff_button)
         dl.addWidget(self.region_table)
         dl.addStretch(1)
+        return diff_tab
 
-        # --- explain tab
+    def _build_explain_tab(self) -> QWidget:
+        """Explain: ROI, CAM method and layer, and the Grad-CAM and uncertainty buttons."""
         self.roi_combo = LayerCombo(self.viewer, (Shapes, Labels), optional=True, prefer=_name_has("roi"))
         self.roi_combo.setToolTip("A Shapes layer with a rectangle, or a Labels layer, on the synthesized grid")
         self.add_roi_button = QPushButton("Add ROI layer (draw a rectangle)")
@@ -258,32 +301,33 @@ class CompareExplainWidget(QWidget):
         el.addRow("Layer", self.cam_layer_combo)
         el.addRow(self.cam_button)
         el.addRow(self.uncertainty_button)
+        return explain_tab
 
-        self.tabs = QTabWidget()
-        for page, title in ((metrics_tab, "Metrics"), (diff_tab, "Differences"), (explain_tab, "Explain")):
+    @staticmethod
+    def _build_tabs(*pages: tuple[QWidget, str]) -> QTabWidget:
+        tabs = QTabWidget()
+        for page, title in pages:
             # Scrollable pages: the tables must not force the dock (and the window) taller than the screen.
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setFrameShape(QFrame.NoFrame)
             scroll.setWidget(page)
-            self.tabs.addTab(scroll, title)
-        self.tabs.setMinimumHeight(260)
-        self.cancel_button = QPushButton("Cancel")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            tabs.addTab(scroll, title)
+        tabs.setMinimumHeight(260)
+        return tabs
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(choose)
-        layout.addWidget(self.tabs, 1)
-        bottom = QHBoxLayout()
-        bottom.addStretch(1)
-        bottom.addWidget(self.cancel_button)
-        layout.addLayout(bottom)
-        layout.addWidget(self.status)
-
-        busy = [self.metrics_button, self.diff_button, self.cam_button, self.uncertainty_button,
-                self.synth_combo, self.target_combo, self.mask_combo, self.lesion_combo]
+    def _connect(self) -> None:
+        """The background job, the buttons and the synthesized-layer picker."""
+        busy = [
+            self.metrics_button,
+            self.diff_button,
+            self.cam_button,
+            self.uncertainty_button,
+            self.synth_combo,
+            self.target_combo,
+            self.mask_combo,
+            self.lesion_combo,
+        ]
         self.job = BackgroundJob("Compare", busy_widgets=busy, cancel_button=self.cancel_button, parent=self)
         self.job.done.connect(self._on_job_done)
         self.metrics_button.clicked.connect(lambda: self.compute_metrics())
@@ -301,12 +345,13 @@ class CompareExplainWidget(QWidget):
             return  # same layer: keep the user's other choices
         self._last_synth = key
         modality = (synth.metadata.get("modality") or synth.metadata.get("output")) if synth is not None else None
-        if modality:
-            def prefer(layer, _m=modality_matcher(modality)):
-                return 0 if layer is self.synth_combo.layer() else (2 if _m(layer) else 0)
-        else:
-            def prefer(layer):
+        matcher = modality_matcher(modality) if modality else None
+
+        def prefer(layer) -> int:
+            if matcher is None or layer is self.synth_combo.layer():
                 return 0
+            return 2 if matcher(layer) else 0
+
         self.target_combo.set_prefer(prefer)
         self._update_model()
 
@@ -329,8 +374,9 @@ class CompareExplainWidget(QWidget):
                 self._model = None
                 self.model_label.setText(f"{name}: {exc}")
                 return
-        self.model_label.setText(f"{name}: {' + '.join(m.upper() for m in self._model.inputs)} → "
-                                 f"{self._model.output.upper()}")
+        self.model_label.setText(
+            f"{name}: {' + '.join(m.upper() for m in self._model.inputs)} → {self._model.output.upper()}"
+        )
         self.model_label.setToolTip(self._model.describe())
         from torch import nn
 
@@ -357,8 +403,12 @@ class CompareExplainWidget(QWidget):
             raise NeurosynthError("The synthesized and acquired layers are the same layer; choose the acquired image")
         if need_mask and mask is None:
             raise NeurosynthError("Choose a brain mask: the z-map is normalised by the residual inside the brain")
-        self._selection = {"synthesized": synth.name, "acquired": getattr(target, "name", None),
-                           "brain_mask": getattr(mask, "name", None), "lesions": getattr(lesion, "name", None)}
+        self._selection = {
+            "synthesized": synth.name,
+            "acquired": getattr(target, "name", None),
+            "brain_mask": getattr(mask, "name", None),
+            "lesions": getattr(lesion, "name", None),
+        }
         return {
             "synth": layer_to_volume(synth),
             "target": layer_to_volume(target) if target is not None else None,
@@ -388,8 +438,15 @@ class CompareExplainWidget(QWidget):
         except NeurosynthError as exc:
             notify_exception(exc)
             return None
-        return self._start(_metrics_job, v["synth"], v["target"], v["mask"], v["lesion"],
-                           on_result=self._show_metrics, desc="Computing metrics")
+        return self._start(
+            _metrics_job,
+            v["synth"],
+            v["target"],
+            v["mask"],
+            v["lesion"],
+            on_result=self._show_metrics,
+            desc="Computing metrics",
+        )
 
     def _show_metrics(self, result: dict) -> None:
         self.metrics = result["metrics"]
@@ -398,19 +455,29 @@ class CompareExplainWidget(QWidget):
         for region, vals in self.metrics["regions"].items():
             rows.append({"region": region, **{k: vals.get(k) for k in METRIC_COLUMNS[1:]}})
         self.metrics_table.set_rows(rows, METRIC_COLUMNS, shown=METRIC_COLUMNS[:5])
-        self.kspace_table.set_rows(self.metrics.get("kspace", []), _KSPACE_COLUMNS,
-                                   shown=("band", "high", "rel_error", "target_energy"))
+        self.kspace_table.set_rows(
+            self.metrics.get("kspace", []), _KSPACE_COLUMNS, shown=("band", "high", "rel_error", "target_energy")
+        )
         fid_rows = []
         if self.fidelity:
             for les in self.fidelity["lesions"]:
-                fid_rows.append({
-                    "id": les["id"], "label": les["label"], "status": les["status"], "retained": les["retained"],
-                    "acq_contrast": les["acquired"]["contrast"], "syn_contrast": les["synthesized"]["contrast"],
-                    "acq_cnr": les["acquired"]["cnr"], "syn_cnr": les["synthesized"]["cnr"],
-                    "voxels": les["voxels"], "mm3": les["mm3"],
-                })
-        self.fidelity_table.set_rows(fid_rows, _FIDELITY_COLUMNS,
-                                     shown=("id", "label", "status", "retained", "acq_cnr", "syn_cnr"))
+                fid_rows.append(
+                    {
+                        "id": les["id"],
+                        "label": les["label"],
+                        "status": les["status"],
+                        "retained": les["retained"],
+                        "acq_contrast": les["acquired"]["contrast"],
+                        "syn_contrast": les["synthesized"]["contrast"],
+                        "acq_cnr": les["acquired"]["cnr"],
+                        "syn_cnr": les["synthesized"]["cnr"],
+                        "voxels": les["voxels"],
+                        "mm3": les["mm3"],
+                    }
+                )
+        self.fidelity_table.set_rows(
+            fid_rows, _FIDELITY_COLUMNS, shown=("id", "label", "status", "retained", "acq_cnr", "syn_cnr")
+        )
         msg = f"Metrics of {self._selection['synthesized']} vs {self._selection['acquired']}"
         if self.fidelity:
             msg += f"; {self.fidelity['n_erased']} erased, {self.fidelity['n_invented']} invented lesion(s)"
@@ -434,12 +501,10 @@ class CompareExplainWidget(QWidget):
             raise NeurosynthError("No metrics yet; press 'Compute metrics' first")
         if path.suffix.lower() != ".json":
             return self.metrics_table.export(path)
+        from napari_neurosynth.export import write_json  # NaN/Inf -> null, as every export
+
         payload = {"layers": self._selection, "metrics": self.metrics, "lesion_fidelity": self.fidelity}
-        try:
-            path.write_text(json.dumps(finite_or_none(payload), indent=2, default=json_default))
-        except OSError as exc:
-            raise NeurosynthError(f"Cannot write {path}: {exc.strerror or exc}; choose another file") from exc
-        return path
+        return write_json(payload, path)
 
     def _export_metrics_dialog(self) -> None:
         from napari.utils.notifications import show_info
@@ -462,28 +527,48 @@ class CompareExplainWidget(QWidget):
             notify_exception(exc)
             return None
         layer = v["synth_layer"]
-        return self._start(_difference_job, v["synth"], v["target"], v["mask"], v["lesion"],
-                           float(self.threshold_spin.value()), float(self.min_size_spin.value()),
-                           float(self.smooth_spin.value()),
-                           on_result=lambda res: self._show_differences(res, layer),
-                           desc="Computing the difference map")
+        return self._start(
+            _difference_job,
+            v["synth"],
+            v["target"],
+            v["mask"],
+            v["lesion"],
+            float(self.threshold_spin.value()),
+            float(self.min_size_spin.value()),
+            float(self.smooth_spin.value()),
+            on_result=lambda res: self._show_differences(res, layer),
+            desc="Computing the difference map",
+        )
 
     def _show_differences(self, result: dict, synth_layer) -> None:
         sel = self._selection
         name = f"z-map: {sel['synthesized']} vs {sel['acquired']}"
-        meta = {"kind": "z-map", "layers": dict(sel), "threshold": result["threshold"],
-                "smooth_mm": result["smooth_mm"]}
+        meta = {
+            "kind": "z-map",
+            "layers": dict(sel),
+            "threshold": result["threshold"],
+            "smooth_mm": result["smooth_mm"],
+        }
         if self.zmap_layer is not None and self.zmap_layer in self.viewer.layers:
             self.viewer.layers.remove(self.zmap_layer)
         if self.regions_layer is not None and self.regions_layer in self.viewer.layers:
             self.viewer.layers.remove(self.regions_layer)
         self.zmap_layer = self.viewer.add_image(
-            result["z"], name=name, colormap=zmap_colormap(), contrast_limits=(-Z_LIMIT, Z_LIMIT),
-            blending="translucent", opacity=0.9, metadata=meta, **layer_transform_kwargs(synth_layer),
+            result["z"],
+            name=name,
+            colormap=zmap_colormap(),
+            contrast_limits=(-Z_LIMIT, Z_LIMIT),
+            blending="translucent",
+            opacity=0.9,
+            metadata=meta,
+            **layer_transform_kwargs(synth_layer),
         )
         self.regions_layer = self.viewer.add_labels(
-            result["labels"], name="disagreement regions", opacity=0.6,
-            metadata={**meta, "regions": result["table"]}, **layer_transform_kwargs(synth_layer),
+            result["labels"],
+            name="disagreement regions",
+            opacity=0.6,
+            metadata={**meta, "regions": result["table"]},
+            **layer_transform_kwargs(synth_layer),
         )
         self.regions = result["table"]
         self.region_table.set_rows(
@@ -509,7 +594,7 @@ class CompareExplainWidget(QWidget):
         world = np.asarray(layer.data_to_world(np.asarray(row["centroid_voxel"], float)), float)
         self.viewer.dims.point = tuple(world)
         displayed = list(self.viewer.dims.displayed)
-        self.viewer.camera.center = tuple(world[displayed])
+        viewer_camera(self.viewer).center = tuple(world[displayed])
         layer.selected_label = int(row["label"])
         layer.visible = True
 
@@ -521,8 +606,12 @@ class CompareExplainWidget(QWidget):
             notify_exception(NeurosynthError("Choose the synthesized image layer first; the ROI is drawn on it"))
             return None
         layer = self.viewer.add_shapes(
-            ndim=synth.ndim, name=f"ROI on {synth.name}", edge_color="yellow", face_color=[1, 1, 0, 0.15],
-            edge_width=1, **layer_transform_kwargs(synth),
+            ndim=synth.ndim,
+            name=f"ROI on {synth.name}",
+            edge_color="yellow",
+            face_color=[1, 1, 0, 0.15],
+            edge_width=1,
+            **layer_transform_kwargs(synth),
         )
         layer.mode = "add_rectangle"
         self.roi_combo.set_layer(layer)
@@ -563,7 +652,7 @@ class CompareExplainWidget(QWidget):
         mask = np.asarray(vol.data) != 0
         if self.viewer.dims.ndisplay == 2:
             axis = self.viewer.dims.not_displayed[0]
-            index = int(round(float(synth.world_to_data(self.viewer.dims.point)[axis])))
+            index = round(float(synth.world_to_data(self.viewer.dims.point)[axis]))
             if 0 <= index < shape[axis]:
                 keep = np.zeros_like(mask)
                 sl = [slice(None)] * mask.ndim
@@ -608,17 +697,34 @@ class CompareExplainWidget(QWidget):
         method = self.method_combo.currentData()
         layer_name = self.cam_layer_combo.currentData()
         synth_name = self.synth_combo.currentText()
-        return self._start(_gradcam_job, model, inputs, roi, layer_name, method,
-                           on_result=lambda cam: self._show_cam(cam, first, synth_name, method, layer_name),
-                           desc=f"{dict(_CAM_METHODS)[method]} of the ROI")
+        return self._start(
+            _gradcam_job,
+            model,
+            inputs,
+            roi,
+            layer_name,
+            method,
+            on_result=lambda cam: self._show_cam(cam, first, synth_name, method, layer_name),
+            desc=f"{dict(_CAM_METHODS)[method]} of the ROI",
+        )
 
     def _show_cam(self, cam: np.ndarray, first, synth_name: str, method: str, layer_name: str) -> None:
         label = dict(_CAM_METHODS)[method]
         self.cam_layer = self.viewer.add_image(
-            cam, name=f"{label} of {synth_name} ROI ({layer_name})", colormap="inferno", blending="additive",
-            opacity=0.5, contrast_limits=(0.0, 1.0),
-            metadata={"kind": "gradcam", "method": method, "layer": layer_name, "model": self._model.name,
-                      "synthesized": False, "explains": synth_name},
+            cam,
+            name=f"{label} of {synth_name} ROI ({layer_name})",
+            colormap="inferno",
+            blending="additive",
+            opacity=0.5,
+            contrast_limits=(0.0, 1.0),
+            metadata={
+                "kind": "gradcam",
+                "method": method,
+                "layer": layer_name,
+                "model": self._model.name,
+                "synthesized": False,
+                "explains": synth_name,
+            },
             **layer_transform_kwargs(first),
         )
         self.status.setText(f"Added {self.cam_layer.name}: bright where the input drove the ROI's values.")
@@ -631,14 +737,22 @@ class CompareExplainWidget(QWidget):
             notify_exception(exc)
             return None
         synth_name = self.synth_combo.currentText()
-        return self._start(_uncertainty_job, model, inputs,
-                           on_result=lambda std: self._show_uncertainty(std, first, synth_name),
-                           desc="Computing the uncertainty map")
+        return self._start(
+            _uncertainty_job,
+            model,
+            inputs,
+            on_result=lambda std: self._show_uncertainty(std, first, synth_name),
+            desc="Computing the uncertainty map",
+        )
 
     def _show_uncertainty(self, std: np.ndarray, first, synth_name: str) -> None:
         self.uncertainty_layer = self.viewer.add_image(
-            std, name=f"uncertainty of {synth_name}", colormap="magma", blending="additive", opacity=0.7,
-            contrast_limits=robust_contrast_limits(std, 0.0, 99.5),
+            std,
+            name=f"uncertainty of {synth_name}",
+            colormap="magma",
+            blending="additive",
+            opacity=0.7,
+            contrast_limits=display_window(std, percentiles=(0.0, 99.5)),
             metadata={"kind": "uncertainty", "model": self._model.name, "explains": synth_name},
             **layer_transform_kwargs(first),
         )
@@ -673,17 +787,18 @@ def _metrics_job(synth, target, mask, lesion, *, progress, cancel) -> dict:
     from napari_neurosynth.metrics import evaluate
 
     progress(0.0)
-    metrics = evaluate(synth, target, mask, lesion, normalize=True)
+    metrics = evaluate(synth, target, mask=mask, lesion=lesion, normalize=True)
     progress(0.7)
     fidelity = None
     if lesion is not None and mask is not None and not cancel.is_set():
-        fidelity = lesion_fidelity(synth, target, lesion, mask, normalize=True)
+        fidelity = lesion_fidelity(synth, target, lesion=lesion, mask=mask, normalize=True)
     progress(1.0)
     return {"metrics": metrics, "fidelity": fidelity}
 
 
-def _difference_job(synth, target, mask, lesion, threshold: float, min_mm3: float, smooth_mm: float = 0.0,
-                    *, progress, cancel) -> dict:
+def _difference_job(
+    synth, target, mask, lesion, threshold: float, min_mm3: float, smooth_mm: float = 0.0, *, progress, cancel
+) -> dict:
     from napari_neurosynth.explain import difference_map, disagreement_regions
 
     progress(0.0)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..display import display_window
 from ..errors import NeurosynthError
 from ..io import Volume
 
@@ -27,6 +28,8 @@ __all__ = [
     "affine_from_layer_attributes",
     "guess_layer_kind",
     "set_anatomical_view",
+    "viewer_camera",
+    "viewer_grid",
     "LABEL_NAME_PATTERN",
 ]
 
@@ -57,7 +60,8 @@ def volume_to_layer_data(
         converted; anything else is refused).
     **kwargs
         Extra layer keyword arguments (``colormap``, ``opacity``, ...); they
-        override the defaults.
+        override the defaults. Image layers get ``contrast_limits`` from
+        :func:`napari_neurosynth.display.display_window` unless given here.
 
     Returns
     -------
@@ -93,14 +97,9 @@ def volume_to_layer_data(
     metadata = dict(volume.metadata)
     layer_kwargs: dict[str, Any] = {"name": name, "affine": volume.affine.copy(), "metadata": metadata}
     if kind == "image":
-        finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
-        if finite.size:
-            # napari's own contrast-limit estimate breaks on NaN; use a robust range instead
-            lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
-            if hi <= lo:
-                lo, hi = float(finite.min()), float(finite.max())
-            if hi > lo:
-                layer_kwargs["contrast_limits"] = (lo, hi)
+        if "contrast_limits" not in kwargs:
+            # The one display rule for every compared image (napari's own estimate also breaks on NaN).
+            layer_kwargs["contrast_limits"] = display_window(data)
         layer_kwargs["colormap"] = "gray"
         # napari guesses RGB(A) from a last axis of 3 or 4 (e.g. a 4-slice DICOM series); never for volumes
         layer_kwargs["rgb"] = False
@@ -145,8 +144,13 @@ def layer_transform_kwargs(layer: Any) -> dict[str, Any]:
     Passing them to a new layer puts it on the same grid whatever mix of affine,
     scale, translate, rotate and shear the source uses.
     """
-    return {"affine": layer.affine, "scale": layer.scale, "translate": layer.translate,
-            "rotate": layer.rotate, "shear": layer.shear}
+    return {
+        "affine": layer.affine,
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+    }
 
 
 def layer_to_volume(layer: Any) -> Volume:
@@ -204,7 +208,7 @@ def set_anatomical_view(viewer: Any, plane: str = "axial", radiological: bool = 
     """Show a standard anatomical plane of RAS+ layers (those made by :func:`volume_to_layer_data`).
 
     napari by default shows the last two world axes (A, S) with A running down
-    the screen; this sets ``viewer.dims.order`` and ``viewer.camera.orientation2d``
+    the screen; this sets ``viewer.dims.order`` and the camera's ``orientation2d``
     so that axial and coronal views put superior/anterior up and, with
     ``radiological=True``, the patient's right on the screen's left
     (``False``: neurological convention, right on the right).
@@ -221,5 +225,19 @@ def set_anatomical_view(viewer: Any, plane: str = "axial", radiological: bool = 
     if plane != "sagittal" and not radiological:
         horizontal = "right"
     viewer.dims.order = order
-    viewer.camera.orientation2d = (vertical, horizontal)
+    viewer_camera(viewer).orientation2d = (vertical, horizontal)
     viewer.reset_view()
+
+
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera: ``viewer.scene.camera`` in napari >= 0.9 (``viewer.camera`` before, now deprecated)."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None)
+    return camera if camera is not None else viewer.camera
+
+
+def viewer_grid(viewer: Any) -> Any:
+    """The viewer's grid settings: ``viewer.canvas.grid`` in napari >= 0.9 (``viewer.grid`` before, now deprecated)."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None)
+    return grid if grid is not None else viewer.grid

@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from ..io import detect_format, read_volume, volume_name
 from .layers import guess_layer_kind, volume_to_layer_data
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 LayerData = tuple[Any, dict, str]
 
 __all__ = ["get_reader", "read_layers"]

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 #: Resolution of the sample: 1.5 mm opens in a few seconds and still shows the
 #: plaques; the full 1 mm grid takes ~10 s to synthesise on one core.
 SAMPLE_RESOLUTION = 1.5
 
-# Label colours: 1 tumour core (red), 2 oedema (yellow), 3 plaque (cyan).
-_LESION_COLORS = {0: "transparent", 1: "#e8382c", 2: "#f5d224", 3: "#27c6e8", None: "transparent"}
+# Label colours: 1 tumour core (red), 2 oedema (yellow), 3 plaque (cyan), 4 black hole (violet),
+# 5 haemorrhage (orange).
+_LESION_COLORS = {
+    0: "transparent",
+    1: "#e8382c",
+    2: "#f5d224",
+    3: "#27c6e8",
+    4: "#9b5cf6",
+    5: "#ff8c1a",
+    None: "transparent",
+}
 
 
 def phantom_sample(seed: int = 0, resolution: float = SAMPLE_RESOLUTION) -> list[tuple[Any, dict, str]]:
@@ -42,16 +49,22 @@ def phantom_sample(seed: int = 0, resolution: float = SAMPLE_RESOLUTION) -> list
     ph = make_phantom(seed=seed, lesions=True, resolution=resolution)
     layers = []
     # T1 on top and visible; the others underneath, hidden, ready to toggle.
-    brain = ph["brain_mask"].data > 0
     for key, name in (("flair", "FLAIR"), ("pd", "PD"), ("t2", "T2"), ("t1", "T1")):
-        data = ph[key].data
-        # Window on the brain (the scalp fat on T1 would otherwise set the top).
-        window = (0.0, float(np.percentile(data[brain], 99.5)))
-        layers.append(volume_to_layer_data(ph[key], name=name, kind="image", colormap="gray",
-                                           contrast_limits=window, visible=key == "t1",
-                                           blending="translucent_no_depth"))
-    layers.append(volume_to_layer_data(ph["brain_mask"], name="brain mask", kind="labels", visible=False,
-                                       opacity=0.3))
-    layers.append(volume_to_layer_data(ph["lesion_mask"], name="lesions", kind="labels", opacity=0.6,
-                                       colormap=DirectLabelColormap(color_dict=_LESION_COLORS)))
+        # Contrast limits by the one display rule (display_window), as for every image the
+        # viewer shows, so a synthesized T2 and this acquired T2 are windowed alike.
+        layers.append(
+            volume_to_layer_data(
+                ph[key], name=name, kind="image", colormap="gray", visible=key == "t1", blending="translucent_no_depth"
+            )
+        )
+    layers.append(volume_to_layer_data(ph["brain_mask"], name="brain mask", kind="labels", visible=False, opacity=0.3))
+    layers.append(
+        volume_to_layer_data(
+            ph["lesion_mask"],
+            name="lesions",
+            kind="labels",
+            opacity=0.6,
+            colormap=DirectLabelColormap(color_dict=_LESION_COLORS),
+        )
+    )
     return layers

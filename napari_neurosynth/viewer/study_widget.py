@@ -7,8 +7,9 @@ layer is called ``"Image"`` and the references ``"Reference: <name>"`` (the
 reference names of the study file, e.g. ``t1``, shared by all conditions): no model,
 condition, case or file name appears in layer names, layer metadata, layer
 source, the window title or the widget; intensities are rescaled by the same
-percentile window for every condition, so value ranges do not give the source
-away either.
+display window (:func:`napari_neurosynth.display.display_window`, the rule every
+compared image in the viewer gets) for every condition, so value ranges do not
+give the source away either.
 
 Keys (while the napari window is active, whether the canvas or the widget has
 focus; typing in a text field is left alone): ``1``-``5`` choose the MOS,
@@ -26,7 +27,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QKeySequence
@@ -51,7 +51,9 @@ from qtpy.QtWidgets import (
 
 from napari_neurosynth.errors import NeurosynthError
 
-__all__ = ["ReaderStudyWidget", "display_window", "prepare_display"]
+from .layers import viewer_grid
+
+__all__ = ["ReaderStudyWidget"]
 
 log = logging.getLogger(__name__)
 
@@ -63,41 +65,13 @@ _SUBSCORE_LABELS = {
 }
 
 
-def display_window(data: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
-    """Intensity window from percentiles of the non-zero finite voxels (the head).
-
-    The same rule is applied to every condition so that no image stands out by
-    its windowing alone.
-    """
-    values = data[np.isfinite(data)]
-    nonzero = values[values != 0]
-    if nonzero.size:
-        values = nonzero
-    if not values.size:
-        return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(values, percentiles))
-    if high <= low:
-        high = low + 1.0
-    return low, high
-
-
-def prepare_display(data: np.ndarray, percentiles: tuple[float, float], blinded: bool) -> tuple[np.ndarray, tuple[float, float]]:
-    """Array and contrast limits to show.
-
-    Blinded: the volume rescaled so its window maps to [0, 1] (float32, NaN -> 0),
-    so the values under the cursor and the contrast-limit slider look alike for
-    every condition. Unblinded: the original values with the window as limits.
-    """
-    data = np.asarray(data)
-    low, high = display_window(data, percentiles)
-    if not blinded:
-        return data, (low, high)
-    shown = (np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0) - low) / (high - low)
-    return shown.astype(np.float32), (0.0, 1.0)
-
-
 def _load_item(paths: tuple[Path, dict[str, Path]], percentiles, blinded: bool) -> dict[str, Any]:
-    """Read and prepare the image and references of one item (runs in a worker thread)."""
+    """Read and prepare the image and references of one item (runs in a worker thread).
+
+    The windowing is :func:`napari_neurosynth.display.prepare_display`: the same rule
+    for every condition and every reference.
+    """
+    from napari_neurosynth.display import prepare_display
     from napari_neurosynth.io import read_volume
 
     path, refs = paths
@@ -139,7 +113,21 @@ class ReaderStudyWidget(QWidget):
         self._load_token = 0
         self._worker = None
 
-        # -- set-up ------------------------------------------------------------------
+        setup = self._build_setup()
+        self.rating_box = self._build_rating()
+        self.status_label = QLabel("Enter your rater ID and a study file, then press Start / resume.")
+        self.status_label.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(setup)
+        layout.addWidget(self.rating_box)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+        self._install_shortcuts()
+
+    # -- building the panel ----------------------------------------------------------
+    def _build_setup(self) -> QGroupBox:
+        """Rater ID, study file, ratings file and the Start / resume button."""
         setup = QGroupBox("Study")
         form = QFormLayout(setup)
         self.rater_edit = QLineEdit()
@@ -160,10 +148,12 @@ class ReaderStudyWidget(QWidget):
         self.start_button = QPushButton("Start / resume")
         self.start_button.clicked.connect(self.start)
         form.addRow(self.start_button)
+        return setup
 
-        # -- rating ------------------------------------------------------------------
-        self.rating_box = QGroupBox("Rating")
-        rating = QVBoxLayout(self.rating_box)
+    def _build_rating(self) -> QGroupBox:
+        """MOS buttons, sub-scores and Turing questions (shown per study), comment, Previous / Save & next."""
+        box = QGroupBox("Rating")
+        rating = QVBoxLayout(box)
         self.progress_label = QLabel("")
         self.item_label = QLabel("")
         rating.addWidget(self.progress_label)
@@ -178,7 +168,23 @@ class ReaderStudyWidget(QWidget):
         self.subscore_layout = QFormLayout(self.subscore_box)
         self.subscore_layout.setContentsMargins(0, 0, 0, 0)
         rating.addWidget(self.subscore_box)
+        rating.addWidget(self._build_turing())
 
+        self.comment_edit = QLineEdit()
+        self.comment_edit.setPlaceholderText("comment (optional)")
+        rating.addWidget(self.comment_edit)
+        self.previous_button = QPushButton("◀ Previous")
+        self.previous_button.clicked.connect(self.previous)
+        self.next_button = QPushButton("Save && next ▶ (Enter)")
+        self.next_button.clicked.connect(self.save_and_next)
+        rating.addWidget(self._row(self.previous_button, self.next_button))
+        box.setEnabled(False)
+        self.subscore_box.hide()
+        self.turing_box.hide()
+        return box
+
+    def _build_turing(self) -> QWidget:
+        """The real-vs-synthetic choice and its 1-5 confidence."""
         self.turing_box = QWidget()
         turing = QFormLayout(self.turing_box)
         turing.setContentsMargins(0, 0, 0, 0)
@@ -192,29 +198,9 @@ class ReaderStudyWidget(QWidget):
         turing.addRow("Acquired or synthesized?", self._row(self.real_button, self.synthetic_button))
         self.confidence_group, confidence_row = self._likert_row()
         turing.addRow("Confidence (1 guess, 5 certain)", confidence_row)
-        rating.addWidget(self.turing_box)
+        return self.turing_box
 
-        self.comment_edit = QLineEdit()
-        self.comment_edit.setPlaceholderText("comment (optional)")
-        rating.addWidget(self.comment_edit)
-        self.previous_button = QPushButton("◀ Previous")
-        self.previous_button.clicked.connect(self.previous)
-        self.next_button = QPushButton("Save && next ▶ (Enter)")
-        self.next_button.clicked.connect(self.save_and_next)
-        rating.addWidget(self._row(self.previous_button, self.next_button))
-        self.rating_box.setEnabled(False)
-        self.subscore_box.hide()
-        self.turing_box.hide()
-
-        self.status_label = QLabel("Enter your rater ID and a study file, then press Start / resume.")
-        self.status_label.setWordWrap(True)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(setup)
-        layout.addWidget(self.rating_box)
-        layout.addWidget(self.status_label)
-        layout.addStretch(1)
-
+    def _install_shortcuts(self) -> None:
         # Window-wide shortcuts: they fire whether the canvas or this widget has
         # focus; a QLineEdit with focus takes printable keys itself (Qt's
         # ShortcutOverride), so typing a rater id or comment is not a rating.
@@ -322,7 +308,7 @@ class ReaderStudyWidget(QWidget):
                 layer.visible = True
         self._hidden = []
         if self.session is not None:
-            self.viewer.grid.enabled = False
+            viewer_grid(self.viewer).enabled = False
         if self.store is not None:
             self.store.close()
         self.store = self.session = None
@@ -387,7 +373,7 @@ class ReaderStudyWidget(QWidget):
         else:
             self._remove_layers()
             self._layers = [self._add_image(data, limits, affine, name) for name, data, limits, affine in wanted]
-        self.viewer.grid.enabled = len(self._layers) > 1
+        viewer_grid(self.viewer).enabled = len(self._layers) > 1
         self.viewer.layers.selection.active = self._layers[-1]
         self.viewer.reset_view()
         self.loaded = True
@@ -457,7 +443,9 @@ class ReaderStudyWidget(QWidget):
             value = group.checkedId()
             out[name] = value if value > 0 else None
         if self.session is not None and self.session.study.turing:
-            out["turing_choice"] = "real" if self.real_button.isChecked() else "synthetic" if self.synthetic_button.isChecked() else None
+            out["turing_choice"] = (
+                "real" if self.real_button.isChecked() else "synthetic" if self.synthetic_button.isChecked() else None
+            )
             value = self.confidence_group.checkedId()
             out["turing_confidence"] = value if value > 0 else None
         out["comment"] = self.comment_edit.text().strip() or None

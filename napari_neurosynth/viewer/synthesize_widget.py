@@ -49,11 +49,17 @@ from ._qt_common import (
     LayerCombo,
     modality_matcher,
     notify_exception,
-    robust_contrast_limits,
 )
-from .layers import layer_transform_kwargs
+from .layers import layer_transform_kwargs, viewer_grid
 
-__all__ = ["CardBrowser", "SynthesizeWidget", "card_details_html", "metrics_full_html", "metrics_summary_html", "modality_label"]
+__all__ = [
+    "CardBrowser",
+    "SynthesizeWidget",
+    "card_details_html",
+    "metrics_full_html",
+    "metrics_summary_html",
+    "modality_label",
+]
 
 #: Most pixels the card panel grows to before it scrolls: collapsed, and with "More metrics"
 #: (then also at most 55 % of the screen's height, so the dock still fits on a laptop).
@@ -153,8 +159,7 @@ def _predictor_table(rows: dict, cols) -> str:
         if key == "model":
             name, texts = f"<b>{name}</b>", [f"<b>{t}</b>" for t in texts]
         body.append(
-            f"<tr><td>{name}</td>"
-            + "".join(f"<td align='right' style='{cell}'>{t}</td>" for t in texts) + "</tr>"
+            f"<tr><td>{name}</td>" + "".join(f"<td align='right' style='{cell}'>{t}</td>" for t in texts) + "</tr>"
         )
     return f"<table cellspacing='0' cellpadding='0'><tr><th></th>{head}</tr>{''.join(body)}</table>"
 
@@ -220,8 +225,9 @@ def metrics_summary_html(card: dict, *, link: str | None = "show") -> str:
     if cols and cols[0][1] == "PSNR":
         small.append("PSNR in dB.")
     if link == "show":
-        small.append(f"<a href='{ALL_METRICS_LINK}' style='{_LINK}'>More metrics</a> (lesion, NMSE): "
-                     "click, or hover the panel.")
+        small.append(
+            f"<a href='{ALL_METRICS_LINK}' style='{_LINK}'>More metrics</a> (lesion, NMSE): click, or hover the panel."
+        )
     elif link == "hide":
         small.append(f"<a href='{ALL_METRICS_LINK}' style='{_LINK}'>Fewer metrics</a>")
     parts.append(f"<p style='margin-top:2px; margin-bottom:0px; {_SMALL}'>{' '.join(small)}</p>")
@@ -254,10 +260,11 @@ def metrics_full_html(card: dict) -> str:
     shown = {k for c in _BRAIN_COLS + _LESION_COLS + _NMSE_COLS for k in c[0]}
     other = sorted({k for r in rows.values() for k in r} - shown)
     for i in range(0, len(other), 3):  # three columns a table, to stay narrow
-        cols = [((k,), html.escape(_metric_name(k)), "", 4) for k in other[i:i + 3]]
+        cols = [((k,), html.escape(_metric_name(k)), "", 4) for k in other[i : i + 3]]
         parts.append(f"<p style='{_HEADING}'><b>Other</b></p>{_predictor_table(rows, cols)}")
-    notes = [f"<i>{html.escape(_predictor_name(b))}</i>: {_fmt(t)}"
-             for b, t in (metrics.get("baseline_notes") or {}).items()]
+    notes = [
+        f"<i>{html.escape(_predictor_name(b))}</i>: {_fmt(t)}" for b, t in (metrics.get("baseline_notes") or {}).items()
+    ]
     if metrics.get("region"):
         notes.append(f"<i>Region</i>: {_fmt(metrics['region'])}")
     if notes:
@@ -313,8 +320,9 @@ def card_details_html(card: dict, *, full_metrics: bool = False, links: bool = T
         parts.append(metrics_full_html(card))
     training = card.get("training") or {}
     if training.get("data"):
-        parts.append(f"<p style='margin-top:6px; margin-bottom:0px; {_SMALL}'>Training data: "
-                     f"{_fmt(training['data'])}</p>")
+        parts.append(
+            f"<p style='margin-top:6px; margin-bottom:0px; {_SMALL}'>Training data: {_fmt(training['data'])}</p>"
+        )
     return "".join(parts)
 
 
@@ -345,7 +353,7 @@ class CardBrowser(QTextBrowser):
         if height != self.height():
             self.setFixedHeight(height)
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+    def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         self._fit()
 
@@ -385,7 +393,30 @@ class SynthesizeWidget(QWidget):
         self.result_layer = None
         self._grid_state: dict | None = None
 
-        # --- model
+        model_row = self._build_model_row()
+        target_row = self._build_inputs()
+        buttons = self._build_run_controls()
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        form.addRow("Model", model_row)
+        form.addRow("Device", self.device_combo)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.details)
+        layout.addWidget(self.inputs_box)
+        layout.addWidget(self.resample_check)
+        layout.addLayout(target_row)
+        layout.addLayout(buttons)
+        layout.addWidget(self.side_by_side_check)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self._connect()
+
+    # ------------------------------------------------------------------ building the panel
+    def _build_model_row(self) -> QHBoxLayout:
+        """The model picker, its refresh button and the card panel (:attr:`details`)."""
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("Model bundles from models/, your user folder and $NEUROSYNTH_MODELS_PATH")
         self.refresh_button = QPushButton("↻")
@@ -400,8 +431,10 @@ class SynthesizeWidget(QWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.refresh_button)
+        return model_row
 
-        # --- inputs (rebuilt per model)
+    def _build_inputs(self) -> QFormLayout:
+        """The per-input pickers' box (filled per model), the resample option and the target picker."""
         self.inputs_box = QGroupBox("Input layers")
         self.inputs_form = QFormLayout(self.inputs_box)
         self.inputs_form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
@@ -412,45 +445,40 @@ class SynthesizeWidget(QWidget):
         self.target_label = QLabel("Acquired target (optional)")
         target_row = QFormLayout()
         target_row.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        # In a narrow dock (or with Qt 5's wider font metrics) the picker goes under its label.
+        target_row.setRowWrapPolicy(QFormLayout.WrapLongRows)
         target_row.addRow(self.target_label, self.target_combo)
+        return target_row
 
-        # --- device and run
+    def _build_run_controls(self) -> QHBoxLayout:
+        """Device picker, Run and Cancel, the side-by-side toggle and the status line."""
         self.device_combo = QComboBox()
         self._fill_devices()
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Synthesize in the background; the viewer stays usable")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop after the current batch of slices; nothing is added")
-        self.side_by_side_check = QCheckBox("Side by side (source | synthesized | acquired)")
+        self.side_by_side_check = QCheckBox("Side by side: source | synthesis | acquired")
         self.side_by_side_check.setToolTip("napari grid mode with one layer per cell; the views are linked")
         self.side_by_side_check.toggled.connect(self.side_by_side)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
-        form.addRow("Model", model_row)
-        form.addRow("Device", self.device_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
+        return buttons
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.details)
-        layout.addWidget(self.inputs_box)
-        layout.addWidget(self.resample_check)
-        layout.addLayout(target_row)
-        layout.addLayout(buttons)
-        layout.addWidget(self.side_by_side_check)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
-
+    def _connect(self) -> None:
+        """The background job, the Run button and the model picker; then the first model scan."""
         self.job = BackgroundJob(
             "Synthesis",
             busy_widgets=[
-                self.run_button, self.model_combo, self.refresh_button, self.inputs_box, self.device_combo,
+                self.run_button,
+                self.model_combo,
+                self.refresh_button,
+                self.inputs_box,
+                self.device_combo,
                 self.resample_check,
             ],
             cancel_button=self.cancel_button,
@@ -513,7 +541,7 @@ class SynthesizeWidget(QWidget):
             return
         self._show_card(card)
         inputs = list(card.get("inputs", []))
-        for i, modality in enumerate(inputs):
+        for modality in inputs:
             matcher = modality_matcher(modality)
             if len(inputs) == 1:
                 # One input: fall back to any acquired image when no layer is named like it.
@@ -531,7 +559,8 @@ class SynthesizeWidget(QWidget):
         self.resample_check.setEnabled(not mcsr)
         self.resample_check.setToolTip(
             "MCSR models always resample the low-resolution input onto the first input's grid"
-            if mcsr else "Resample the other inputs (linear) onto the first input's grid instead of refusing "
+            if mcsr
+            else "Resample the other inputs (linear) onto the first input's grid instead of refusing "
             "inputs on different grids; only correct if the images are registered"
         )
         output = card.get("output", "")
@@ -579,9 +608,7 @@ class SynthesizeWidget(QWidget):
             self.device_combo.addItem(text, key)
             if not available[key]:
                 model.item(i).setEnabled(False)
-        self.device_combo.setToolTip(
-            f"Auto picks CUDA, then Apple MPS, then CPU; detected here: {detected}"
-        )
+        self.device_combo.setToolTip(f"Auto picks CUDA, then Apple MPS, then CPU; detected here: {detected}")
 
     @property
     def device(self) -> str:
@@ -684,9 +711,7 @@ class SynthesizeWidget(QWidget):
         kwargs.pop("affine", None)
         layer = self.viewer.add_image(data, **layer_transform_kwargs(source), **kwargs)
         self.result_layer = layer
-        self.status.setText(
-            f"Added “{layer.name}” in {result['seconds']:.2f} s on {result['device']}."
-        )
+        self.status.setText(f"Added “{layer.name}” in {result['seconds']:.2f} s on {result['device']}.")
         if self.side_by_side_check.isChecked():
             self._grid_state = None
             self.side_by_side(True)
@@ -702,32 +727,33 @@ class SynthesizeWidget(QWidget):
 
         Other layers are hidden while the grid is on and shown again afterwards.
         """
+        grid = viewer_grid(self.viewer)
         if not checked:
             state, self._grid_state = self._grid_state, None
             if state is None:
-                self.viewer.grid.enabled = False
+                grid.enabled = False
                 return
-            self.viewer.grid.shape = state["shape"]
-            self.viewer.grid.stride = state["stride"]
+            grid.shape = state["shape"]
+            grid.stride = state["stride"]
             for layer in self.viewer.layers:
                 if layer.name in state["visible"]:
                     layer.visible = state["visible"][layer.name]
-            self.viewer.grid.enabled = state["enabled"]
+            grid.enabled = state["enabled"]
             return
         panels = self._side_by_side_layers()
         if len(panels) < 2:
-            notify_exception(NeurosynthError(
-                "Side by side needs a synthesized layer and its source; run a synthesis first"
-            ))
+            notify_exception(
+                NeurosynthError("Side by side needs a synthesized layer and its source; run a synthesis first")
+            )
             self.side_by_side_check.blockSignals(True)
             self.side_by_side_check.setChecked(False)
             self.side_by_side_check.blockSignals(False)
             return
         if self._grid_state is None:
             self._grid_state = {
-                "enabled": self.viewer.grid.enabled,
-                "shape": tuple(self.viewer.grid.shape),
-                "stride": self.viewer.grid.stride,
+                "enabled": grid.enabled,
+                "shape": tuple(grid.shape),
+                "stride": grid.stride,
                 "visible": {lay.name: lay.visible for lay in self.viewer.layers},
             }
         # napari fills grid cells with visible layers in list order, left to right.
@@ -738,9 +764,9 @@ class SynthesizeWidget(QWidget):
                 layers.move(src, pos)
         for layer in layers:
             layer.visible = layer in panels
-        self.viewer.grid.stride = 1
-        self.viewer.grid.shape = (1, len(panels))
-        self.viewer.grid.enabled = True
+        grid.stride = 1
+        grid.shape = (1, len(panels))
+        grid.enabled = True
         self.viewer.reset_view()
 
     def _side_by_side_layers(self) -> list:
@@ -749,14 +775,15 @@ class SynthesizeWidget(QWidget):
             return []
         sources = [self.viewer.layers[n] for n in synth.metadata.get("source_layers", []) if n in self.viewer.layers]
         target = self.target_combo.layer()
-        panels = sources[:1] + [synth]
+        panels = [*sources[:1], synth]
         if target is not None and target not in panels:
             panels.append(target)
         return panels
 
 
-def _synthesize_job(name: str, model, volumes: list, device: str, resample: bool, layer_names: list[str],
-                    *, progress, cancel) -> dict:
+def _synthesize_job(
+    name: str, model, volumes: list, device: str, resample: bool, layer_names: list[str], *, progress, cancel
+) -> dict:
     """Worker-thread body: load the bundle (once), synthesize, and prepare the layer data.
 
     Everything proportional to the volume's size (the synthesis, percentiles for
@@ -785,10 +812,10 @@ def _synthesize_job(name: str, model, volumes: list, device: str, resample: bool
         source_layers=list(layer_names),
         inputs=dict(zip(model.inputs, layer_names)),
     )
+    # Contrast limits: volume_to_layer_data applies display_window, the rule the acquired layer got too.
     layer_data = volume_to_layer_data(
         vol,
         name=f"{modality_label(model.output)} (synthesized: {model.name})",
         colormap="gray",
-        contrast_limits=robust_contrast_limits(vol.data),
     )
     return {"model": model, "layer_data": layer_data, "seconds": seconds, "device": vol.metadata["device"]}

@@ -19,8 +19,9 @@ def main() -> int:
     store = RatingStore(db, timeout=60)
     print("ready", flush=True)
     for i in range(n):
-        row = store.record(rater, f"case-{i:05d}", "acquired", 1 + i % 5, study="stress",
-                           comment=f"{rater} #{i}", seconds_on_case=0.5)
+        row = store.record(
+            rater, f"case-{i:05d}", "acquired", 1 + i % 5, study="stress", comment=f"{rater} #{i}", seconds_on_case=0.5
+        )
         print(f"{row} case-{i:05d}", flush=True)
     store.close()
     return 0

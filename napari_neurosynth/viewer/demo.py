@@ -1,4 +1,4 @@
-"""The product tour behind ``make demo`` / ``neurosynth demo``.
+"""The product tour behind ``make demo`` / ``neurosynth demo`` (a Qt script: it lives in ``viewer/``).
 
 It drives the three dock widgets the way a radiologist would: open a subject's
 T1 and T2 (the phantom), synthesize a T2 from the T1 with the shipped
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NeurosynthError
+from ..errors import NeurosynthError
 
 #: Screenshots written by :func:`run_demo`, in the order a user meets them.
 SCREENSHOTS = {
@@ -57,26 +57,33 @@ def _settle(seconds: float = 0.3) -> None:
         time.sleep(0.02)
 
 
-def _grab(viewer: Any, path: Path, zoom: float = 1.0) -> Path:
-    """Screenshot of the whole window, dock widgets included, the images filling the canvas."""
+def _grab(viewer: Any, window: Any, path: Path, zoom: float = 1.0) -> Path:
+    """Screenshot of the whole window, dock widgets included, the images filling the canvas.
+
+    ``window`` is the viewer's Qt main window (``dock_widget.window()``, public Qt API).
+    """
     from napari.utils.notifications import notification_manager
+
+    from .layers import viewer_camera
 
     _settle()
     viewer.reset_view()
-    viewer.camera.zoom *= zoom
-    # Toasts (e.g. backend notices) would cover the images.
+    viewer_camera(viewer).zoom *= zoom
+    # Toasts (e.g. backend notices) would cover the images; they are dialogs on the window.
     notification_manager.records.clear()
-    for toast in viewer.window._qt_window.findChildren(_toast_class()):
-        toast.close()
+    _close_toasts(window)
     _settle()
     viewer.screenshot(str(path), canvas_only=False, flash=False)
     return path
 
 
-def _toast_class():
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
+def _close_toasts(window: Any) -> None:
+    """Close napari's notification toasts: the visible, non-modal dialogs on the main window."""
+    from qtpy.QtWidgets import QDialog
 
-    return NapariQtNotification
+    for dialog in window.findChildren(QDialog):
+        if dialog.isVisible() and not dialog.isModal():
+            dialog.close()
 
 
 def _largest_lesion(lesion: np.ndarray, label: int) -> tuple[np.ndarray, tuple[int, int, int]] | None:
@@ -88,14 +95,14 @@ def _largest_lesion(lesion: np.ndarray, label: int) -> tuple[np.ndarray, tuple[i
         return None
     sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
     biggest = comps == (int(np.argmax(sizes)) + 1)
-    centre = tuple(int(round(c)) for c in ndimage.center_of_mass(biggest))
+    centre = tuple(round(float(c)) for c in ndimage.center_of_mass(biggest))
     return biggest, centre
 
 
 def _write_demo_study(folder: Path, acquired: Any, synthesized: Any, reference: Any) -> Path:
     """A one-case blinded study (acquired vs synthesized T2, T1 as reference)."""
-    from .io import write_volume
-    from .study import create_study
+    from ..io import write_volume
+    from ..study import create_study
 
     for condition, volume in (("acquired", acquired), ("t1_to_t2", synthesized), ("t1", reference)):
         (folder / condition).mkdir(parents=True, exist_ok=True)
@@ -145,18 +152,18 @@ def run_demo(
     """
     import napari
 
-    from .viewer.compare_widget import CompareExplainWidget
-    from .viewer.layers import set_anatomical_view
-    from .viewer.sample_data import phantom_sample
-    from .viewer.study_widget import ReaderStudyWidget
-    from .viewer.synthesize_widget import SynthesizeWidget
+    from .compare_widget import CompareExplainWidget
+    from .layers import layer_to_volume, set_anatomical_view
+    from .sample_data import phantom_sample
+    from .study_widget import ReaderStudyWidget
+    from .synthesize_widget import SynthesizeWidget
 
     out = Path(out_dir or "neurosynth-demo").resolve()
     out.mkdir(parents=True, exist_ok=True)
     shots: dict[str, Path] = {}
 
     viewer = napari.Viewer(title="napari-neurosynth demo")
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     for data, kwargs, kind in phantom_sample(seed=seed, resolution=resolution):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     set_anatomical_view(viewer, "axial")
@@ -179,7 +186,8 @@ def run_demo(
     viewer.window.add_dock_widget(study_w, name="Reader Study", area="right", tabify=True)
     _settle(0.5)  # tabs switch only once the window has laid out its docks
     _raise_dock(synth_w)
-    shots["01_opened"] = _grab(viewer, out / "01_opened.png")
+    window = synth_w.window()  # the QMainWindow the docks live in
+    shots["01_opened"] = _grab(viewer, window, out / "01_opened.png")
 
     # --- synthesize through the widget
     synth_w.set_model(model)
@@ -194,7 +202,7 @@ def run_demo(
     synth_layer = synth_w.result_layer
     synth_w.side_by_side_check.setChecked(True)
     _raise_dock(synth_w)
-    shots["02_synthesized"] = _grab(viewer, out / "02_synthesized.png")
+    shots["02_synthesized"] = _grab(viewer, window, out / "02_synthesized.png")
     synth_w.side_by_side_check.setChecked(False)
 
     # --- compare: metrics, z-map and regions
@@ -215,7 +223,7 @@ def run_demo(
     for layer in viewer.layers:
         layer.visible = layer.name in {"T2"} or layer in (compare_w.zmap_layer, compare_w.regions_layer)
     compare_w.tabs.setCurrentIndex(1)  # Differences: the region table
-    shots["03_difference"] = _grab(viewer, out / "03_difference.png", zoom=1.4)
+    shots["03_difference"] = _grab(viewer, window, out / "03_difference.png", zoom=1.4)
 
     # --- explain the plaque region of the synthesized image
     roi = compare_w.add_roi_layer()
@@ -232,13 +240,12 @@ def run_demo(
     for layer in viewer.layers:
         layer.visible = layer.name in {"T1", roi.name} or layer is compare_w.cam_layer
     compare_w.tabs.setCurrentIndex(2)  # Explain: method and layer choices
-    shots["04_gradcam"] = _grab(viewer, out / "04_gradcam.png", zoom=1.4)
+    shots["04_gradcam"] = _grab(viewer, window, out / "04_gradcam.png", zoom=1.4)
 
     # --- reader study: acquired vs synthesized, blinded
-    from .viewer.layers import layer_to_volume
-
-    study_path = _write_demo_study(out / "study", layer_to_volume(t2), layer_to_volume(synth_layer),
-                                   layer_to_volume(t1))
+    study_path = _write_demo_study(
+        out / "study", layer_to_volume(t2), layer_to_volume(synth_layer), layer_to_volume(t1)
+    )
     _raise_dock(study_w)
     study_w.rater_edit.setText("demo-rater")
     study_w.study_edit.setText(str(study_path))
@@ -248,7 +255,7 @@ def run_demo(
     deadline = time.monotonic() + timeout
     while not study_w.loaded and time.monotonic() < deadline:
         _settle(0.1)
-    shots["05_reader_study"] = _grab(viewer, out / "05_reader_study.png")
+    shots["05_reader_study"] = _grab(viewer, window, out / "05_reader_study.png")
 
     result = {
         "screenshots": shots,
@@ -274,3 +281,10 @@ def _raise_dock(widget: Any) -> None:
     if dock is not None:
         dock.raise_()
         _settle(0.1)
+
+
+def run_event_loop() -> None:
+    """Hand control to napari's event loop until the user closes the viewer (``neurosynth demo``)."""
+    import napari
+
+    napari.run()

@@ -1,0 +1,442 @@
+"""The training loop: :class:`Trainer` (paired, unpaired, MCSR recipes) and CycleGAN's :class:`ImagePool`.
+
+Recipes (the survey's Tables 5-6 name the losses):
+
+- ``paired`` (pix2pix, Isola et al. 2017): generator loss
+  ``lambda_l1 * L_p2p + lambda_adv * L_sgan (+ lambda_gdl * L_gdl)`` against a
+  conditional PatchGAN that sees the input channels next to the real or
+  synthesized target; least-squares GAN loss (L_sgan). Several inputs
+  (T1 + T2 -> FLAIR) are the same recipe with a multi-input generator.
+- ``mcsr`` (FGDL's SR branch): the paired recipe with the low-resolution target
+  (``t2_lowres``, resampled onto the source grid) as a second input group.
+- ``unpaired`` (CycleGAN, Zhu et al. 2017): generators A->B and B->A, one
+  unconditional PatchGAN per domain; ``L_sgan + lambda_cycle * L_cyc +
+  lambda_identity * L_iden``. Source and target slices come from *different*
+  subjects (the subjects are split in two halves, one per domain), so no voxel
+  correspondence is ever available. Plain 2-D (context 0): the cycle feeds a
+  single synthesized slice back through the other generator.
+
+Everything is seeded: patches come from one :class:`numpy.random.Generator`,
+weights from ``torch.manual_seed``, and deterministic algorithms are requested,
+so on the CPU a run is reproducible and a resumed run continues exactly as an
+uninterrupted one would. Checkpoints hold no pickles: weights and optimiser
+tensors go to ``checkpoint.safetensors``, the rest (step, epoch, optimiser
+hyper-parameters, RNG states, history) to ``checkpoint.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import losses as L
+from ..data import SliceSampler, load_subjects, prepare
+from ..errors import NeurosynthError
+from ..networks import build_network
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .validation import validate
+
+
+def build_generator(cfg: TrainConfig, reverse: bool = False) -> nn.Module:
+    """The generator for ``cfg`` with its channel counts filled in from inputs and context."""
+    per = 2 * cfg.context + 1
+    args = dict(cfg.arch_args)
+    if reverse:  # CycleGAN B -> A: same architecture, one input
+        return build_network(cfg.architecture, **{**args, "in_channels": per})
+    if cfg.architecture == "fusion":
+        args.update(n_inputs=len(cfg.inputs), channels_per_input=per)
+    elif cfg.architecture == "mcsr":
+        args.update(source_channels=per * (len(cfg.inputs) - 1), lowres_channels=per)
+    else:
+        args["in_channels"] = per * len(cfg.inputs)
+    return build_network(cfg.architecture, **args)
+
+
+def _seed_everything(seed: int, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        # GPU runs trade bit-reproducibility for cuDNN's fastest kernels; CPU runs stay exact
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class ImagePool:
+    """CycleGAN's history of synthesized images for the discriminator (Shrivastava et al. 2017).
+
+    Each query returns, image by image, either the new image or (once the pool is
+    full, with probability 1/2) a stored older one that the new image replaces, so
+    the discriminator also remembers what earlier generators produced and the two
+    players oscillate less. Randomness comes from the trainer's numpy generator,
+    so a resumed run continues exactly.
+
+    Examples
+    --------
+    >>> pool = ImagePool(2, np.random.default_rng(0))
+    >>> pool.query(torch.ones(3, 1, 4, 4)).shape
+    torch.Size([3, 1, 4, 4])
+    >>> len(pool.images)
+    2
+    """
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size = int(size)
+        self.rng = rng
+        self.images: list[torch.Tensor] = []
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch.detach()
+        out = []
+        for image in batch.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif self.rng.random() < 0.5:
+                k = int(self.rng.integers(self.size))
+                out.append(self.images[k].clone())
+                self.images[k] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state(self) -> torch.Tensor | None:
+        return torch.cat(self.images, 0) if self.images else None
+
+    def restore(self, stacked: torch.Tensor | None, device: torch.device) -> None:
+        self.images = [] if stacked is None else [t.unsqueeze(0).to(device) for t in stacked]
+
+
+class Trainer:
+    """One training run: data, networks, optimisers, the step function and checkpoints.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(mode="paired", data="phantom:0", resolution=[3.0], epochs=1,
+    ...                   steps_per_epoch=2, batch=2, patch=32,
+    ...                   arch_args={"base": 4, "n_blocks": 1})  # doctest: +SKIP
+    >>> history = Trainer(cfg).fit()  # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: TrainConfig, subjects=None, val_subjects=None, log: Callable[[str], None] | None = None):
+        cfg.check()
+        self.cfg = cfg
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._load_data(subjects, val_subjects)
+        self.rng = np.random.default_rng(cfg.seed)
+        from ..inference import resolve_device
+
+        self.device = resolve_device(cfg.device)
+        _seed_everything(cfg.seed, self.device)
+        self.G = build_generator(cfg).to(self.device)
+        self.nets: dict[str, nn.Module] = {"G": self.G}
+        if cfg.mode == "unpaired":
+            self._build_unpaired()
+        else:
+            self._build_paired()
+        self.G_ema = None
+        if cfg.ema:
+            # Exponential moving average of the generator's weights (Yazici et al. 2019): GAN
+            # generators oscillate around a good solution and their average sits nearer to it.
+            # Validation and the exported bundle use the average.
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.G_ema = AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.nets["G_ema"] = self.G_ema
+        if cfg.keep_best and not self.val_subjects:
+            raise NeurosynthError(
+                "--keep-best selects the epoch with the best validation PSNR and needs validation data: pass --val-data"
+            )
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict] = []
+        #: With ``keep_best``: the generator's weights (CPU) at the best validation PSNR so far.
+        self.best: dict | None = None
+
+    # ---- setup
+
+    def _load_data(self, subjects, val_subjects) -> None:
+        """Training and validation subjects, normalised and sliced as the engine will see them."""
+        cfg = self.cfg
+        mods = [*cfg.inputs, cfg.output]
+        if subjects is None:
+            subjects = load_subjects(cfg.data, mods, cfg.resolution, randomize=cfg.randomize)
+        val_source = cfg.val_data or ("phantom:900" if cfg.data.startswith("phantom:") else None)
+        if val_subjects is None and val_source:
+            val_subjects = load_subjects(
+                val_source, mods, cfg.resolution[0] if cfg.resolution else 2.0, randomize=cfg.randomize
+            )
+        self.train_subjects = [prepare(s, mods, cfg.normalization, cfg.plane) for s in subjects]
+        self.val_subjects = [prepare(s, mods, cfg.normalization, cfg.plane) for s in (val_subjects or [])]
+
+    def _build_paired(self) -> None:
+        """Paired and MCSR: one conditional PatchGAN that sees the input channels beside the target."""
+        cfg = self.cfg
+        per = 2 * cfg.context + 1
+        betas = (cfg.beta1, 0.999)
+        self.D = build_network(
+            "patchgan", in_channels=per * len(cfg.inputs) + 1, base=cfg.disc_base, n_layers=cfg.disc_layers
+        ).to(self.device)
+        self.nets["D"] = self.D
+        self.sampler = SliceSampler(
+            self.train_subjects, cfg.inputs, cfg.output, cfg.context, cfg.patch, self.rng, flips=cfg.flips
+        )
+        self.opts = {
+            "G": torch.optim.Adam(self.G.parameters(), cfg.lr, betas),
+            "D": torch.optim.Adam(self.D.parameters(), cfg.lr, betas),
+        }
+
+    def _build_unpaired(self) -> None:
+        """CycleGAN: a reverse generator, one unconditional PatchGAN per domain, subjects split in two halves."""
+        cfg = self.cfg
+        betas = (cfg.beta1, 0.999)
+        if len(self.train_subjects) < 2:
+            raise NeurosynthError(
+                "unpaired training needs at least 2 subjects (source and target come from different ones)"
+            )
+        self.F = build_generator(cfg, reverse=True).to(self.device)
+        self.DA = build_network("patchgan", in_channels=1, base=cfg.disc_base, n_layers=cfg.disc_layers).to(self.device)
+        self.DB = build_network("patchgan", in_channels=1, base=cfg.disc_base, n_layers=cfg.disc_layers).to(self.device)
+        self.disc_low_pass = L.LowPass(cfg.disc_blur).to(self.device)
+        self.pool_a, self.pool_b = ImagePool(cfg.pool_size, self.rng), ImagePool(cfg.pool_size, self.rng)
+        self.cycle_low_pass = L.LowPass(cfg.cycle_blur).to(self.device)
+        self.nets.update(F=self.F, DA=self.DA, DB=self.DB)
+        half_a, half_b = self.train_subjects[0::2], self.train_subjects[1::2]
+        self.sampler_a = SliceSampler(half_a, cfg.inputs, None, 0, cfg.patch, self.rng, flips=cfg.flips)
+        self.sampler_b = SliceSampler(half_b, [cfg.output], None, 0, cfg.patch, self.rng, flips=cfg.flips)
+        self.opts = {
+            "G": torch.optim.Adam(list(self.G.parameters()) + list(self.F.parameters()), cfg.lr, betas),
+            "D": torch.optim.Adam(list(self.DA.parameters()) + list(self.DB.parameters()), cfg.lr, betas),
+        }
+
+    @property
+    def generator(self) -> nn.Module:
+        """The generator to validate and export: the weight average when ``ema`` is on."""
+        return self.G_ema.module if self.G_ema is not None else self.G
+
+    def export_network(self) -> nn.Module:
+        """The generator a bundle gets: :attr:`generator`, or its best-validation weights with ``keep_best``."""
+        if not (self.cfg.keep_best and self.best):
+            return self.generator
+        net = copy.deepcopy(self.generator)
+        net.load_state_dict(self.best["state"])
+        return net
+
+    def _remember_if_best(self, row: dict) -> None:
+        # GAN training can get worse late (the adversarial term paints texture as the rate
+        # decays); selecting on validation subjects, never the held-out seeds, is model selection.
+        if not self.cfg.keep_best or "val_psnr" not in row:
+            return
+        if self.best is None or row["val_psnr"] > self.best["val_psnr"]:
+            state = {k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
+            self.best = {"val_psnr": row["val_psnr"], "epoch": row["epoch"], "state": state}
+
+    # ---- steps
+
+    def _paired_step(self) -> dict:
+        cfg = self.cfg
+        xs, ys, _ = self.sampler.batch(cfg.batch)
+        assert ys is not None  # a paired sampler always has a target
+        x, y = torch.from_numpy(xs).to(self.device), torch.from_numpy(ys).to(self.device)
+        fake = self.G(x)
+        # discriminator: real pairs -> 1, synthesized pairs -> 0
+        self.opts["D"].zero_grad()
+        d_loss = L.lsgan_discriminator_loss(self.D(torch.cat([x, y], 1)), self.D(torch.cat([x, fake.detach()], 1)))
+        d_loss.backward()
+        self.opts["D"].step()
+        # generator: fool D, stay close to the target
+        self.opts["G"].zero_grad()
+        adv = L.lsgan_generator_loss(self.D(torch.cat([x, fake], 1)))
+        l1 = L.l1_loss(fake, y)
+        g_loss = cfg.lambda_l1 * l1 + cfg.lambda_adv * adv
+        out = {"l1": l1.item(), "adv": adv.item(), "d": d_loss.item()}
+        if cfg.lambda_gdl:
+            gdl = L.gradient_difference_loss(fake, y)
+            g_loss = g_loss + cfg.lambda_gdl * gdl
+            out["gdl"] = gdl.item()
+        g_loss.backward()
+        self.opts["G"].step()
+        out["g"] = g_loss.item()
+        return out
+
+    def _unpaired_step(self) -> dict:
+        cfg = self.cfg
+        a = torch.from_numpy(self.sampler_a.batch(cfg.batch)[0]).to(self.device)
+        b = torch.from_numpy(self.sampler_b.batch(cfg.batch)[0]).to(self.device)
+        dlp, clp = self.disc_low_pass, self.cycle_low_pass  # identity unless --disc-blur / --cycle-blur
+        self.opts["G"].zero_grad()
+        fake_b, fake_a = self.G(a), self.F(b)
+        adv = L.lsgan_generator_loss(self.DB(dlp(fake_b))) + L.lsgan_generator_loss(self.DA(dlp(fake_a)))
+        cyc = L.cycle_loss(clp(self.F(fake_b)), clp(a), clp(self.G(fake_a)), clp(b))
+        g_loss = cfg.lambda_adv * adv + cfg.lambda_cycle * cyc
+        idt = torch.zeros((), device=self.device)
+        if cfg.lambda_identity:
+            # identity (Zhu et al.'s colour-preservation term) pulls G towards copying its input,
+            # the worst answer for an inverted contrast such as T1 -> T2; skipped when its weight is 0
+            idt = L.identity_loss(self.G(b), b) + L.identity_loss(self.F(a), a)
+            g_loss = g_loss + cfg.lambda_identity * idt
+        g_loss.backward()
+        self.opts["G"].step()
+        self.opts["D"].zero_grad()
+        old_b, old_a = self.pool_b.query(fake_b), self.pool_a.query(fake_a)  # detached
+        d_loss = L.lsgan_discriminator_loss(self.DB(dlp(b)), self.DB(dlp(old_b))) + L.lsgan_discriminator_loss(
+            self.DA(dlp(a)), self.DA(dlp(old_a))
+        )
+        d_loss.backward()
+        self.opts["D"].step()
+        return {"g": g_loss.item(), "cycle": cyc.item(), "identity": idt.item(), "adv": adv.item(), "d": d_loss.item()}
+
+    def lr_at(self, epoch: int) -> float:
+        """pix2pix/CycleGAN schedule: constant, then linear to 0 from ``lr_decay_start`` of the epochs."""
+        cfg = self.cfg
+        start = round(cfg.lr_decay_start * cfg.epochs)
+        if epoch < start or start >= cfg.epochs:
+            return cfg.lr
+        return cfg.lr * (cfg.epochs - epoch) / (cfg.epochs - start + 1)
+
+    def train_step(self) -> dict:
+        """One optimisation step (generator(s) and discriminator(s)); returns the losses."""
+        out = self._unpaired_step() if self.cfg.mode == "unpaired" else self._paired_step()
+        if self.G_ema is not None:
+            self.G_ema.update_parameters(self.G)
+        self.step += 1
+        return out
+
+    # ---- checkpoints
+
+    def save_checkpoint(self, folder: str | Path) -> None:
+        meta = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "history": self.history,
+            "config": asdict(self.cfg),
+            "rng.numpy": self.rng.bit_generator.state,
+        }
+        extra = {}
+        if self.best is not None:
+            meta["best"] = {"val_psnr": self.best["val_psnr"], "epoch": self.best["epoch"]}
+            extra.update({f"best.{k}": v for k, v in self.best["state"].items()})
+        if self.cfg.mode == "unpaired":
+            for key, pool in (("pool_a", self.pool_a), ("pool_b", self.pool_b)):
+                stacked = pool.state()
+                if stacked is not None:
+                    extra[key] = stacked
+        save_checkpoint(Path(folder), self.nets, self.opts, meta, extra)
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        js = Path(folder) / "checkpoint.json"
+        saved = json.loads(js.read_text()).get("config", {}) if js.is_file() else {}
+        for key in (
+            "mode",
+            "inputs",
+            "output",
+            "architecture",
+            "arch_args",
+            "context",
+            "seed",
+            "disc_base",
+            "disc_layers",
+        ):
+            if key in saved and saved[key] != getattr(self.cfg, key):
+                raise NeurosynthError(
+                    f"--resume: the checkpoint was trained with {key}={saved[key]!r}, not {getattr(self.cfg, key)!r}; "
+                    "use the same options or a fresh --checkpoint-dir"
+                )
+        meta = load_checkpoint(Path(folder), self.nets, self.opts)
+        if self.cfg.mode == "unpaired":
+            self.pool_a.restore(meta["extra_tensors"].get("pool_a"), self.device)
+            self.pool_b.restore(meta["extra_tensors"].get("pool_b"), self.device)
+        self.step, self.epoch, self.history = meta["step"], meta["epoch"], meta["history"]
+        if meta.get("best"):
+            state = {k[len("best.") :]: v for k, v in meta["extra_tensors"].items() if k.startswith("best.")}
+            self.best = {**meta["best"], "state": state}
+        self.rng.bit_generator.state = meta["rng.numpy"]
+
+    # ---- fit
+
+    def fit(
+        self,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> list[dict]:
+        """Train for ``cfg.epochs`` epochs (continuing a checkpoint with ``resume``), validating each epoch.
+
+        ``stop_after`` ends this call after that many epochs in total (as if the
+        run were interrupted there); a later ``resume=True`` call finishes it.
+
+        Returns the history: one dict per epoch with mean losses, validation
+        metrics (``val_psnr``, ``val_ssim``, ``val_mae``) and seconds.
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+        if resume:
+            if ckpt is None:
+                raise NeurosynthError("--resume needs --checkpoint-dir")
+            self.load_checkpoint(ckpt)
+            self.log(f"resumed from {ckpt} at epoch {self.epoch}, step {self.step}")
+        last = cfg.epochs if stop_after is None else min(cfg.epochs, int(stop_after))
+        for epoch in range(self.epoch, last):
+            self.epoch = epoch
+            t0 = time.perf_counter()
+            for opt in self.opts.values():
+                for group in opt.param_groups:
+                    group["lr"] = self.lr_at(self.epoch)
+            sums: dict[str, float] = {}
+            bar = tqdm(
+                range(cfg.steps_per_epoch),
+                desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                leave=False,
+                disable=not progress,
+                file=sys.stderr,
+            )
+            for _ in bar:
+                losses = self.train_step()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
+            row = {
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                "lr": self.lr_at(self.epoch),
+                **{k: v / cfg.steps_per_epoch for k, v in sums.items()},
+            }
+            if self.val_subjects:
+                val = validate(self.generator, self.val_subjects, cfg.inputs, cfg.output, cfg.context)
+                row.update({f"val_{k}": v for k, v in val.items()})
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            self.history.append(row)
+            self._remember_if_best(row)
+            self.log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            if ckpt is not None:
+                self.epoch += 1  # saved state = "epochs completed"
+                self.save_checkpoint(ckpt)
+                self.epoch -= 1
+        self.epoch = last
+        return self.history
+
+    # ---- export
+
+    def card(self, command: str | None = None) -> dict:
+        """The bundle card for the trained generator (:func:`~napari_neurosynth.training.export.training_card`)."""
+        from .export import training_card
+
+        return training_card(self, command)
