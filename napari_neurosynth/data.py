@@ -287,6 +287,7 @@ def phantom_subjects(
                     "acquisition": kwargs,
                     "lesions": ph["lesion_mask"].metadata.get("lesions"),
                     "lesion_labels": ph["lesion_mask"].metadata.get("labels"),
+                    "lesion_visibility": ph["lesion_mask"].metadata.get("visibility"),
                 },
             )
         )

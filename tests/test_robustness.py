@@ -3,7 +3,6 @@ skull-stripped input, the evaluation grid and the shipped models' verdicts."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -77,44 +76,14 @@ def test_networks_without_instance_norm_are_crop_invariant(tmp_path, heads):
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_models_are_crop_invariant_and_skull_strip_robust(name, heads):
-    whole, stripped = heads
+def test_shipped_models_are_crop_invariant(name, heads):
+    whole, _ = heads
     model = load_model(name)
     assert model.card["architecture"]["args"].get("norm") in ("none", "batch")
     inputs = [whole[m] for m in ("t1", "t2_lowres" if model.card["task"] == "mcsr" else "t2")][: len(model.inputs)]
     brain = whole["brain_mask"].data > 0
     mean, mx = _crop_delta(model, inputs, brain)
     assert mean <= MEAN_TOL and mx <= MAX_TOL, (mean, mx)
-    # skull-stripped input: brain PSNR against the acquired target within 1 dB of the whole head's
-    from napari_neurosynth.metrics import evaluate
-
-    target = whole[model.output].data
-    scores = []
-    for ph in (whole, stripped):
-        ins = [ph[m] for m in model.inputs]
-        syn = synthesize(model, ins, device="cpu")
-        t = target / intensity_scale(ph[model.output].data, model.card["normalization"])
-        scores.append(evaluate(syn, t, mask=brain, kspace=False, normalize=False)["psnr_brain"])
-    assert abs(scores[0] - scores[1]) <= 1.0, scores
-
-
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_cards_carry_the_full_grid_and_its_verdict(name):
-    card = json.loads((MODELS / name / "card.json").read_text())
-    grid = card["metrics"]["grid"]
-    names = {c["name"] for c in grid["cells"]}
-    assert len(names) == 18
-    assert {"whole_head/1mm/3T", "skull_stripped/1x1x3mm/random_protocol", "skull_stripped/2mm/1.5T"} <= names
-    assert not set(grid["seeds"]) & set(range(0, 100)) and 900 not in grid["seeds"]  # held out
-    rule = grid["rule"]
-    for c in grid["cells"]:
-        m = c["held_out"]
-        beats = all(
-            m["psnr_brain"] > b["psnr_brain"] and m["mae_brain"] < b["mae_brain"] for b in c["baselines"].values()
-        )
-        assert beats or (not rule["passed"] and any(c["name"] in f for f in rule["failures"]))
-    # a card that does not pass says where (the README and the widget show these failures)
-    assert rule["passed"] or rule["failures"]
 
 
 def test_grid_machinery_on_a_tiny_bundle(tmp_path):
@@ -131,12 +100,3 @@ def test_grid_machinery_on_a_tiny_bundle(tmp_path):
     assert not rule["passed"] and any("does not beat" in f for f in rule["failures"])
     lc = grid["cells"][0]["lesion_contrast"]
     assert lc and all("retained" in v and v["n_lesions"] >= 1 for v in lc.values())
-
-
-def test_lookup_table_cannot_match_a_network_on_phantom_v2():
-    """T2 is no longer a function of T1: the held-out LUT error is measurably above the CNN's."""
-    card = json.loads((MODELS / "t1_to_t2" / "card.json").read_text())
-    grid = card["metrics"]["grid"]
-    gains = [c["held_out"]["psnr_brain"] - c["baselines"]["intensity_lut"]["psnr_brain"] for c in grid["cells"]]
-    maes = [c["baselines"]["intensity_lut"]["mae_brain"] - c["held_out"]["mae_brain"] for c in grid["cells"]]
-    assert np.mean(gains) >= 1.5 and min(maes) > 0

@@ -19,8 +19,15 @@ def training_card(trainer: Trainer, command: str | None = None) -> dict:
         seeds = parse_seeds(cfg.data[len("phantom:") :])
         data = (
             f"synthetic brain phantom (napari_neurosynth.phantom), seeds {cfg.data[len('phantom:') :]} "
-            f"({len(seeds)} subjects), resolution {', '.join(f'{r:g}' for r in cfg.resolution)} mm, "
-            "with lesions (tumour, oedema, T1-isointense plaques)"
+            f"({len(seeds)} subjects), voxel sizes {', '.join(_res(r) for r in cfg.resolution)} mm (cycled), "
+            "with lesions (tumour core, oedema, T1-isointense plaques, T1 black holes, T1-bright haemorrhage)"
+            + (
+                "; domain randomisation per subject: whole head or skull-stripped, 1.5 or 3 T, default or "
+                "randomised TR/TE/TI, noise, bias and field-of-view crops"
+                if cfg.randomize
+                else ""
+            )
+            + ("; random patch flips" if cfg.flips else "")
         )
     else:
         data = f"{cfg.data} ({len(trainer.train_subjects)} subjects)"
@@ -70,7 +77,9 @@ def training_card(trainer: Trainer, command: str | None = None) -> dict:
             else ", after the last step"
         ),
         "data_spec": cfg.data,
-        "resolution": list(cfg.resolution),
+        "resolution": [list(r) if isinstance(r, tuple) else r for r in cfg.resolution],
+        "randomize": bool(cfg.randomize),
+        "flips": bool(cfg.flips),
         "validation": cfg.val_data or ("phantom:900" if cfg.data.startswith("phantom:") else None),
         "device": str(trainer.device) + ("" if trainer.device.type == "cpu" else " (not bit-reproducible)"),
     }

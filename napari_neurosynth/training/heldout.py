@@ -111,7 +111,20 @@ def _lesion_kinds(subj: Subject) -> dict[int, str]:
     return {int(k): str(v) for k, v in labels.items()}
 
 
-def _lesion_contrast(synth: np.ndarray, target: np.ndarray, subj: Subject) -> dict[str, dict[str, float]]:
+def _visible_on(kind: str, inputs: Sequence[str], table: Mapping[str, Mapping[str, str]] | None) -> bool | None:
+    """Is lesion ``kind`` conspicuous on any of ``inputs`` according to a phantom visibility table?"""
+    if not table:
+        return None
+    contrasts = {m.split("_")[0] for m in inputs}  # t2_lowres shows what t2 shows
+    for key, vis in table.items():
+        if _kind_in(kind, [key]):
+            return any(str(vis.get(c, "")).lower() not in ("", "invisible") for c in contrasts)
+    return None
+
+
+def _lesion_contrast(
+    synth: np.ndarray, target: np.ndarray, subj: Subject, inputs: Sequence[str] = ()
+) -> dict[str, dict[str, float]]:
     """Per lesion kind: acquired and synthesized contrast against the surrounding normal tissue.
 
     Uses :func:`~napari_neurosynth.explain.lesion_fidelity`'s per-lesion contrasts
@@ -126,12 +139,15 @@ def _lesion_contrast(synth: np.ndarray, target: np.ndarray, subj: Subject) -> di
         return {}
     fid = lesion_fidelity(synth, target, lesion=subj.lesion_mask, mask=subj.mask(), normalize=False)
     kinds = _lesion_kinds(subj)
+    table = subj.meta.get("lesion_visibility")  # for this subject's field strength and protocol
     sums: dict[str, dict[str, float]] = {}
     for les in fid["lesions"]:
         if les["status"] == "not visible":
             continue
         kind = kinds.get(int(les["label"]), f"label {les['label']}")
-        acc = sums.setdefault(kind, {"acquired": 0.0, "synthesized": 0.0, "n": 0})
+        acc = sums.setdefault(kind, {"acquired": 0.0, "synthesized": 0.0, "n": 0, "invisible_on_inputs": 0})
+        if _visible_on(kind, inputs, table) is False:
+            acc["invisible_on_inputs"] += 1
         acc["acquired"] += float(les["acquired"]["contrast"])
         acc["synthesized"] += float(les["synthesized"]["contrast"])
         acc["n"] += 1
@@ -176,8 +192,8 @@ def _evaluate_subjects(
             rows[key].append(r)
             entry[key] = r
         if lesion_contrast:
-            for kind, acc in _lesion_contrast(synth, target, subj).items():
-                tot = contrast.setdefault(kind, {"acquired": 0.0, "synthesized": 0.0, "n": 0})
+            for kind, acc in _lesion_contrast(synth, target, subj, inputs).items():
+                tot = contrast.setdefault(kind, {"acquired": 0.0, "synthesized": 0.0, "n": 0, "invisible_on_inputs": 0})
                 for k in tot:
                     tot[k] += acc[k]
         per_subject.append(entry)
@@ -203,6 +219,8 @@ def _evaluate_subjects(
                 "acquired_contrast": round(acc["acquired"] / max(1, acc["n"]), 4),
                 "synthesized_contrast": round(acc["synthesized"] / max(1, acc["n"]), 4),
                 "n_lesions": int(acc["n"]),
+                # lesions of this kind that their subject's protocol leaves invisible on every input
+                "invisible_on_inputs": int(acc["invisible_on_inputs"]),
             }
             for kind, acc in sorted(contrast.items())
         }
@@ -438,12 +456,17 @@ def shipping_rule(grid: dict, visible_kinds: Sequence[str] | None = None) -> dic
     kinds = sorted({k for c in cells for k in (c.get("lesion_contrast") or {})})
     required = kinds if visible_kinds is None else [k for k in kinds if _kind_in(k, visible_kinds)]
     worst: dict[str, float | None] = {}
+    exempt: list[str] = []
     for kind in kinds:
-        vals = [
-            c["lesion_contrast"][kind]["retained"]
-            for c in cells
-            if kind in (c.get("lesion_contrast") or {}) and c["lesion_contrast"][kind]["retained"] is not None
-        ]
+        vals = []
+        for c in cells:
+            lc = (c.get("lesion_contrast") or {}).get(kind)
+            if not lc or lc["retained"] is None:
+                continue
+            if lc.get("invisible_on_inputs"):  # e.g. oedema under a random T1 protocol: not synthesizable there
+                exempt.append(f"{kind} in {c['name']}")
+                continue
+            vals.append(lc["retained"])
         worst[kind] = round(min(vals), 3) if vals else None
         if kind in required and vals and min(vals) < RULE_RETAINED:
             failures.append(f"lesion kind {kind!r} keeps {min(vals):.2f} of its contrast (< {RULE_RETAINED})")
@@ -455,6 +478,7 @@ def shipping_rule(grid: dict, visible_kinds: Sequence[str] | None = None) -> dic
         "worst_retained_contrast": worst,
         "required_lesion_kinds": required,
         "not_required": [k for k in kinds if k not in required],
+        "exempt_cells": exempt,
     }
 
 
