@@ -247,6 +247,7 @@ def shipped_widget(make_napari_viewer, qtbot):
     dock = viewer.window.add_dock_widget(widget, name="Synthesize", area="right")
     widget.window().resizeDocks([dock], [340], Qt.Horizontal)  # the QMainWindow the dock lives in
     qtbot.waitExposed(widget)
+
     # PyQt5 applies resizeDocks only once the window is shown: ask again until the dock has the width
     def docked() -> bool:
         widget.window().resizeDocks([dock], [340], Qt.Horizontal)
