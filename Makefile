@@ -11,7 +11,8 @@ PYQT5STAMP := $(VENV)/.pyqt5
 TORCH_PIN ?= torch==2.13.0
 APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
 	libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xinput0 libxcb-xfixes0 \
-	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
+	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 \
+	postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Under a real display run as is; without one, render into Xvfb.
 NEED_XVFB := $(shell [ -n "$$DISPLAY" ] && [ -z "$$CI" ] || echo yes)
@@ -30,10 +31,12 @@ CORE_DOCTEST := --doctest-modules napari_neurosynth --ignore=napari_neurosynth/v
 
 setup: $(STAMP) $(SYSSTAMP)
 
-$(SYSSTAMP):
+# Re-checked when this file changes (a package added here reaches existing environments).
+# postgresql: initdb/pg_ctl for the throwaway server of tests/test_ratings_pg.py.
+$(SYSSTAMP): Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "Installing Debian packages for a virtual display: $$missing"; \
+		echo "Installing Debian packages for a virtual display and PostgreSQL: $$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@mkdir -p $(VENV) && touch $@

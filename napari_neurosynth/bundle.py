@@ -234,6 +234,10 @@ def validate_card(card: Mapping[str, Any], *, require_weights: bool = True, wher
     arch = card["architecture"]
     if not (isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("args", {}), dict)):
         problems.append('\'architecture\' must be {"name": ..., "args": {...}}')
+    elif arch.get("source", "neurosynth") != "neurosynth":
+        from .external import validate_architecture
+
+        validate_architecture(arch, where)  # a source's allow-list: pix2pix, monai, onnx
     elif arch["name"] not in GENERATORS:
         known = ", ".join(GENERATORS)
         raise NeurosynthError(f"{where}: unknown architecture {arch['name']!r}; known generator architectures: {known}")
@@ -246,6 +250,10 @@ def validate_card(card: Mapping[str, Any], *, require_weights: bool = True, wher
         ctx = slicing.get("context", 0)
         if not (isinstance(ctx, int) and not isinstance(ctx, bool) and ctx >= 0):
             problems.append("'slicing.context' must be an integer >= 0")
+    if "intensity_transform" in card:
+        from .external import validate_intensity_transform
+
+        validate_intensity_transform(card["intensity_transform"], where)
     if not isinstance(card["normalization"], dict):
         problems.append('\'normalization\' must be a mapping (e.g. {"method": "percentile", "percentile": 99.5})')
     if require_weights:
@@ -270,9 +278,9 @@ def _sha256(data: bytes) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from .atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def save_bundle(network: nn.Module, card: Mapping[str, Any], folder: str | os.PathLike[str]) -> Path:
@@ -419,8 +427,14 @@ def render_readme(card: Mapping[str, Any]) -> str:
     w = card.get("weights", {})
     if "n_parameters" in w:
         lines.append(f"| Parameters | {w['n_parameters']:,} |")
+    if arch.get("source", "neurosynth") != "neurosynth":
+        lines.append(f"| Architecture source | {arch['source']} (see docs/bundle-format.md) |")
+    if slicing.get("patch_size"):
+        lines.append(f"| 3-D windows | {_fmt(slicing['patch_size'])}, overlap {_fmt(slicing.get('overlap', 0.25))} |")
     norm = card.get("normalization", {})
     lines.append(f"| Intensity normalisation | {_fmt(norm)} |")
+    if card.get("intensity_transform"):
+        lines.append(f"| Intensity transform | {_fmt(card['intensity_transform'])} (undone on the output) |")
     if card.get("version"):
         lines.append(f"| Version | {card['version']} |")
     if card.get("license"):
@@ -652,6 +666,17 @@ def _read_weights(info: BundleInfo) -> tuple[dict[str, torch.Tensor], str]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    wpath = info.path / info.card["weights"]["file"]
+    data = _checked_bytes(info)
+    digest = _sha256(data)
+    try:
+        return load(data), digest
+    except SafetensorError as exc:
+        raise NeurosynthError(f"model {info.name!r}: {wpath.name} is not a valid safetensors file ({exc})") from None
+
+
+def _checked_bytes(info: BundleInfo) -> bytes:
+    """The weights file's bytes (safetensors or ONNX), after checking their sha256 against the card."""
     wcard = info.card["weights"]
     wpath = info.path / wcard["file"]
     if wpath.suffix.lower() in PICKLE_SUFFIXES:
@@ -666,10 +691,29 @@ def _read_weights(info: BundleInfo) -> tuple[dict[str, torch.Tensor], str]:
             f"model {info.name!r}: checksum mismatch for {wpath.name} (card expects sha256 {expected[:12]}..., "
             f"file has {digest[:12]}...); the file may be corrupt, truncated or edited: re-copy or re-export the bundle"
         )
-    try:
-        return load(data), digest
-    except SafetensorError as exc:
-        raise NeurosynthError(f"model {info.name!r}: {wpath.name} is not a valid safetensors file ({exc})") from None
+    return data
+
+
+def _network_for(info: BundleInfo, where: str) -> tuple[nn.Module, str]:
+    """The bundle's network with its weights (ONNX: an onnxruntime session), and the weights' sha256.
+
+    A card's ``intensity_transform`` is applied around the network here, once, so every
+    caller (engine, reference loop, Grad-CAM, uncertainty) runs the same thing.
+    """
+    from .external import architecture_source, wrap_intensity
+
+    if architecture_source(info.card) == "onnx":
+        from .external.onnx_model import OnnxNetwork
+
+        data = _checked_bytes(info)
+        network: nn.Module = OnnxNetwork(data, info.card, where)
+        _check_channels(network, info.card, where)
+        digest = _sha256(data)
+    else:
+        network = _build_from_card(info.card, where)
+        state, digest = _read_weights(info)
+        _load_state(network, state, info.name)
+    return wrap_intensity(network, info.card, where), digest
 
 
 def _check_channels(network: nn.Module, card: Mapping[str, Any], where: str) -> None:
@@ -687,6 +731,12 @@ def _build_from_card(card: Mapping[str, Any], where: str) -> nn.Module:
     from .networks import build_network
 
     arch = card["architecture"]
+    if arch.get("source", "neurosynth") != "neurosynth":
+        from .external import build_external
+
+        network = build_external(card, where)  # pix2pix or an allow-listed MONAI class
+        _check_channels(network, card, where)
+        return network
     try:
         network = build_network(arch["name"], **arch.get("args", {}))
     except NeurosynthError as exc:
@@ -825,6 +875,9 @@ class Model:
             f"(task {self.task}, {self.architecture}, {self.n_parameters:,} parameters)"
         ]
         second = f"{self.plane} slices, {self.context} context slice(s) each side"
+        patch = self.card["slicing"].get("patch_size")
+        if patch:  # a 3-D patch model
+            second = f"3-D windows of {' x '.join(str(p) for p in patch)} voxels"
         if self.phantom_only:
             second += "; trained on the synthetic phantom only"
         lines.append(second)
@@ -891,9 +944,7 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
     info = _resolve(name_or_path)
     where = f"model card {info.path}"
     validate_card(info.card, where=where)
-    network = _build_from_card(info.card, where)
-    state, _ = _read_weights(info)
-    _load_state(network, state, info.name)
+    network, _ = _network_for(info, where)
     network.eval()
     network.to(device)
     return Model(card=info.card, network=network, path=info.path, name=info.name, source=info.source)
@@ -919,9 +970,7 @@ def verify_bundle(name_or_path: str | os.PathLike[str]) -> VerifyResult:
     info = _resolve(name_or_path)
     where = f"model card {info.path}"
     validate_card(info.card, where=where)
-    network = _build_from_card(info.card, where)
-    state, digest = _read_weights(info)
-    _load_state(network, state, info.name)
+    network, digest = _network_for(info, where)
     return {
         "name": info.name,
         "path": str(info.path),

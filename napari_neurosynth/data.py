@@ -408,13 +408,14 @@ def read_manifest(
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise NeurosynthError(f"manifest {csv_path} does not exist")
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-            raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise NeurosynthError(f"cannot read manifest {csv_path}: {exc}") from None
+    from .export import read_csv_rows
+
+    table = read_csv_rows(csv_path, what="manifest")
+    columns = [c.strip().lower() for c in (table[0] if table else _csv_header(csv_path))]
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise NeurosynthError(f"manifest {csv_path}: column(s) {', '.join(dupes)} appear twice (case is ignored)")
+    raw = [{k.strip().lower(): v.strip() for k, v in row.items()} for row in table]
     missing = [c for c in ["subject", *[r.lower() for r in required]] if c not in columns]
     if missing:
         raise NeurosynthError(
@@ -427,6 +428,7 @@ def read_manifest(
         else [c for c in columns if c in MODALITIES or c in ("mask", "lesion")]
     )
     rows: list[dict[str, str | Path]] = []
+    seen: dict[str | Path, int] = {}
     for i, row in enumerate(raw, start=2):
         out: dict[str, str | Path] = {"subject": row.get("subject") or f"row{i}"}
         for c in paths:
@@ -436,8 +438,20 @@ def read_manifest(
                 if must_exist and not p.exists():
                     raise NeurosynthError(f"manifest {csv_path}: subject {out['subject']!r} refers to missing file {p}")
                 out[c] = p
+        if out["subject"] in seen:
+            raise NeurosynthError(
+                f"manifest {csv_path} line {i}: subject {out['subject']!r} also appears on line "
+                f"{seen[out['subject']]}; each subject may appear once"
+            )
+        seen[out["subject"]] = i
         rows.append(out)
     return rows
+
+
+def _csv_header(csv_path: Path) -> list[str]:
+    """The header of a CSV that has no data rows (already checked to be readable)."""
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        return next(csv.reader(fh), [])
 
 
 def manifest_subjects(csv_path: str | Path) -> list[Subject]:

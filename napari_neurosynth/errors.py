@@ -22,3 +22,11 @@ class NeurosynthError(ValueError):
 
 class CancelledError(NeurosynthError):
     """Raised when a long-running job was cancelled by the user."""
+
+
+class NeurosynthWarning(UserWarning):
+    """Input that runs but may give a misleading result (a constant volume, say).
+
+    The CLI folds these into one ``warning:`` line each; the widgets show them as
+    napari warnings; the output volume's ``metadata["warnings"]`` keeps them.
+    """

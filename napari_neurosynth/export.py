@@ -35,9 +35,10 @@ from typing import TypeAlias
 
 import numpy as np
 
+from .atomic import atomic_open
 from .errors import NeurosynthError
 
-__all__ = ["JSONValue", "csv_cell", "dumps_json", "jsonable", "write_csv", "write_json"]
+__all__ = ["JSONValue", "csv_cell", "dumps_json", "jsonable", "read_csv_rows", "write_csv", "write_json"]
 
 #: A value :func:`json.dumps` writes as strict JSON.
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
@@ -84,16 +85,10 @@ def dumps_json(value: object, indent: int | None = 2) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".partial")
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(path, "w", newline="") as fh:
             fh.write(text)
-        os.replace(tmp, path)
     except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise NeurosynthError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
     return path
 
@@ -164,3 +159,89 @@ def write_csv(
         writer.writerow({k: csv_cell(r.get(k)) for k in columns})
     _atomic_write(Path(path), buf.getvalue())
     return len(rows)
+
+
+def read_csv_rows(
+    path: str | os.PathLike[str], required: Iterable[str] = (), *, what: str = "table"
+) -> list[dict[str, str]]:
+    """Read a CSV file strictly: UTF-8, a header, every row as long as the header.
+
+    The standard library's reader is lenient: a short row gets ``None`` cells, an
+    unterminated quote swallows the rest of the file, a stray byte raises deep
+    inside a loop. Here each of those is one :class:`NeurosynthError` naming the
+    line, raised before any row is used.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file (``utf-8``, with or without a byte-order mark).
+    required : iterable of str
+        Header columns that must be present.
+    what : str
+        What the table is, for messages ("ratings table").
+
+    Returns
+    -------
+    list of dict
+        One ``{column: text}`` per data row; blank lines are skipped.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "ok.csv").write_text("rater,score\\nana,4\\n")
+    >>> read_csv_rows(folder / "ok.csv", ["rater", "score"])
+    [{'rater': 'ana', 'score': '4'}]
+    >>> _ = (folder / "short.csv").write_text("rater,score\\nana\\n")
+    >>> read_csv_rows(folder / "short.csv")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: short.csv line 2: 1 field(s) where the header has 2; ...
+    >>> _ = (folder / "quote.csv").write_text('rater,score\\n"ana,4\\n')
+    >>> read_csv_rows(folder / "quote.csv")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: quote.csv line 2: a quoted cell is never closed; check the quoting
+    """
+    p = Path(path).expanduser()
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise NeurosynthError(f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise NeurosynthError(
+            f"{p.name} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the {what} as UTF-8 CSV"
+        ) from None
+    if "\x00" in text:
+        raise NeurosynthError(f"{p.name} is not a text file (it holds NUL bytes); give a UTF-8 CSV {what}")
+    reader = csv.reader(text.splitlines(keepends=True), strict=True)
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise NeurosynthError(f"{p.name} is empty; a {what} needs a header line")
+        header = [h.strip() for h in header]
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:
+            raise NeurosynthError(f"{p.name} line 1: column(s) {', '.join(dupes)} appear twice in the header")
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise NeurosynthError(
+                f"{p.name} needs a header with at least {', '.join(required)}; missing {', '.join(missing)}"
+            )
+        rows = []
+        for fields in reader:
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise NeurosynthError(
+                    f"{p.name} line {reader.line_num}: {len(fields)} field(s) where the header has {len(header)}; "
+                    "quote cells that contain commas"
+                )
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as exc:
+        problem = "a quoted cell is never closed" if "end of data" in str(exc) else str(exc)
+        raise NeurosynthError(f"{p.name} line {reader.line_num}: {problem}; check the quoting") from None
+    return rows

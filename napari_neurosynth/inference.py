@@ -63,6 +63,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -71,7 +72,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .errors import CancelledError, NeurosynthError
+from .checks import check_mcsr_order, check_slice_extent, warn_constant
+from .errors import CancelledError, NeurosynthError, NeurosynthWarning
 from .io import Volume, check_finite, resample_to, same_grid
 from .slicing import (
     CROP_MARGIN,
@@ -345,11 +347,18 @@ def prepare_inputs(model: ModelLike, inputs: Inputs, resample: bool = False) -> 
             )
         if min(data.shape) < 1:
             raise NeurosynthError(f"{_label(i, name)} has an empty shape {tuple(data.shape)}")
-        if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool) or np.iscomplexobj(data):
+        if data.dtype == bool:
+            raise NeurosynthError(
+                f"{_label(i, name)} is a boolean mask, not an image; give the {name} scan's intensities"
+            )
+        if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
             raise NeurosynthError(f"{_label(i, name)} has voxel type {data.dtype}; a real-valued image is needed")
         check_finite(vol, _label(i, name))
         volumes.append(vol)
 
+    # inputs that would run but give a wrong image: swapped MCSR order; constant volumes (a warning)
+    check_mcsr_order(card, volumes)
+    warn_constant(volumes, names)
     resampled = []
     ref = volumes[0]
     auto = card.get("task") == "mcsr"
@@ -516,6 +525,9 @@ def _run_on(
     # The slice plan: axis, normalisation, 2.5-D context, padding, crop boxes, batches.
     plan = SlicePlan.from_model(model, volumes, device=dev)
     axis, divisor = plan.axis, plan.divisor
+    # a network may declare a smaller factor than its padding divisor (pix2pix U-Nets reach 1x1 by design)
+    extent = int(getattr(net0, "extent_divisor", divisor) or divisor)
+    check_slice_extent(volumes[0].shape, axis, extent, _label(0, model.card["inputs"][0]), model.name)
     shape = volumes[0].shape
     n_slices, (H, W) = plan.n_slices, plan.plane_shape
     todo, boxes = plan.crop_boxes(crop)
@@ -617,6 +629,13 @@ def _run_on(
     return out, info
 
 
+def _check_3d_patch(model: ModelLike, roi: Sequence[int], shape: Sequence[int]) -> None:
+    """Refuse a window larger than the volume (MONAI would pad it silently) or off the size divisor."""
+    from .external.monai_nets import check_patch
+
+    check_patch(roi, shape, int(getattr(model.network, "size_divisor", 1) or 1), f"model {model.name!r}")
+
+
 def _run_3d(
     model: ModelLike,
     volumes: Sequence[Volume],
@@ -640,6 +659,7 @@ def _run_3d(
     roi = tuple(int(r) for r in slicing.get("patch_size", (96, 96, 96)))
     overlap = float(slicing.get("overlap", 0.25))
     shape = volumes[0].shape
+    _check_3d_patch(model, roi, shape)
     net = copy.deepcopy(model.network).eval().to(dev)
     amp_dtype = PRECISIONS[prec]
     autocast: dict[str, Any] = {
@@ -818,21 +838,38 @@ def synthesize_volume(
     ((2.0, 2.0, 3.0), 't2', 4)
     """
     model = as_model(model)
-    out, info = _run(
-        model,
-        inputs,
-        device,
-        progress,
-        kwargs.pop("cancel", None),
-        kwargs.pop("batch_size", "auto"),
-        kwargs.pop("precision", "auto"),
-        kwargs.pop("resample", False),
-        kwargs.pop("crop", True),
-        kwargs.pop("memory_budget", None),
-        kwargs.pop("channels_last", None),
-    )
-    if kwargs:
-        raise TypeError(f"unexpected argument(s): {', '.join(kwargs)}")
+    unexpected = set(kwargs) - {
+        "cancel",
+        "batch_size",
+        "precision",
+        "resample",
+        "crop",
+        "memory_budget",
+        "channels_last",
+    }
+    if unexpected:
+        raise NeurosynthError(f"synthesize_volume got unexpected argument(s): {', '.join(sorted(unexpected))}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NeurosynthWarning)
+        out, info = _run(
+            model,
+            inputs,
+            device,
+            progress,
+            kwargs.pop("cancel", None),
+            kwargs.pop("batch_size", "auto"),
+            kwargs.pop("precision", "auto"),
+            kwargs.pop("resample", False),
+            kwargs.pop("crop", True),
+            kwargs.pop("memory_budget", None),
+            kwargs.pop("channels_last", None),
+        )
+    # the input warnings travel with the output (CLI and widgets show them) and are re-issued once
+    notes = []
+    for w in caught:
+        if issubclass(w.category, NeurosynthWarning):
+            notes.append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     first = items[0]
     affine = first.affine if isinstance(first, Volume) else np.eye(4)
@@ -852,6 +889,8 @@ def synthesize_volume(
         },
         "inference": info.as_dict(),
     }
+    if notes:
+        meta["warnings"] = notes
     if isinstance(first, Volume) and first.metadata.get("source_path"):
         meta["source_path"] = first.metadata["source_path"]
     return Volume(out, np.array(affine, float), meta)

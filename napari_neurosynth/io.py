@@ -8,8 +8,8 @@ NIfTI and as MHA reads back with identical data and affine. SimpleITK works in
 LPS; conversions flip the first two world axes (``diag(-1, -1, 1)``).
 
 Formats: NIfTI (``.nii``, ``.nii.gz``) and MGH/MGZ through nibabel; NRRD
-(``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``) and DICOM (a series
-folder, or one file) through SimpleITK.
+(``.nrrd``, ``.nhdr``) and MetaImage (``.mha``, ``.mhd``) through SimpleITK;
+DICOM (a series folder, or one file) through pydicom in :mod:`napari_neurosynth.dicom`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .atomic import atomic_path
 from .errors import NeurosynthError
 
 if TYPE_CHECKING:  # SimpleITK is imported lazily (plugin discovery must stay cheap)
@@ -96,7 +97,11 @@ class Volume:
     >>> Volume(np.zeros((2, 2, 2)), np.eye(3))
     Traceback (most recent call last):
     ...
-    ValueError: affine must be 4x4, got (3, 3)
+    napari_neurosynth.errors.NeurosynthError: affine must be 4x4, got (3, 3)
+    >>> Volume(np.zeros((2, 2, 2)), np.full((4, 4), np.nan))
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: affine has NaN/Inf entries; ...
     """
 
     data: NDArray[Any]
@@ -104,9 +109,18 @@ class Volume:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.affine = np.asarray(self.affine, dtype=np.float64)
+        try:
+            self.affine = np.asarray(self.affine, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise NeurosynthError(f"affine must be a 4x4 array of numbers: {exc}") from exc
         if self.affine.shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+            raise NeurosynthError(f"affine must be 4x4, got {self.affine.shape}")
+        if not np.all(np.isfinite(self.affine)):
+            raise NeurosynthError("affine has NaN/Inf entries; a volume needs a finite index-to-world matrix")
+        data = np.asarray(self.data) if not hasattr(self.data, "dtype") else self.data
+        if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
+            raise NeurosynthError(f"volume data must be numeric, got dtype {data.dtype}")
+        self.data = data
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -150,14 +164,16 @@ def detect_format(path: str | os.PathLike) -> str | None:
     >>> detect_format("notes.txt") is None
     True
     """
+    from .dicom import dicom_files_in, is_dicom_file
+
     p = Path(path)
     if p.is_dir():
-        return "dicom" if _dicom_files_in(p, limit=1) else None
+        return "dicom" if dicom_files_in(p, limit=1) else None
     name = p.name.lower()
     for ext, fmt in _EXTENSIONS.items():
         if name.endswith(ext):
             return fmt
-    if p.is_file() and _has_dicom_preamble(p):
+    if p.is_file() and is_dicom_file(p):
         return "dicom"
     return None
 
@@ -177,32 +193,6 @@ def volume_name(path: str | os.PathLike) -> str:
         if lower.endswith(ext):
             return name[: -len(ext)] or name
     return name
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _dicom_files_in(folder: Path, limit: int | None = None) -> list[Path]:
-    found: list[Path] = []
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError:
-        return found
-    if limit is not None:
-        # a quick "is this a DICOM folder?" probe (napari asks for every folder) looks at a bounded number
-        entries = entries[:500]
-    for entry in entries:
-        if entry.is_file() and (entry.suffix.lower() in (".dcm", ".ima") or _has_dicom_preamble(entry)):
-            found.append(entry)
-            if limit is not None and len(found) >= limit:
-                break
-    return found
 
 
 def _sitk() -> ModuleType:
@@ -415,7 +405,7 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
 # --------------------------------------------------------------------------- reading
 
 
-def read_volume(path: str | os.PathLike[str]) -> Volume:
+def read_volume(path: str | os.PathLike[str], *, series: int | str | None = None, uneven: str = "refuse") -> Volume:
     """Read a 3-D medical volume with its geometry.
 
     Parameters
@@ -424,6 +414,13 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         A ``.nii``/``.nii.gz``, ``.mgh``/``.mgz``, ``.nrrd``/``.nhdr``,
         ``.mha``/``.mhd`` file, a DICOM series folder, or one DICOM file (a slice
         of a series in its folder reads the whole series).
+    series : int or str, optional
+        DICOM only: which series of the folder (an index from
+        ``neurosynth dicom list`` or a SeriesInstanceUID); see
+        :func:`napari_neurosynth.dicom.read_dicom`.
+    uneven : {"refuse", "resample"}
+        DICOM only: refuse slices with uneven gaps (default) or resample them
+        onto a uniform grid, with a warning.
 
     Returns
     -------
@@ -478,12 +475,16 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         raise NeurosynthError(
             f"unsupported file type: {p.name}; supported: {', '.join(SUPPORTED_EXTENSIONS)} or a DICOM folder"
         )
+    if fmt != "dicom" and series is not None:
+        raise NeurosynthError(f"series= applies to DICOM folders only, not to {p.name}")
     metadata: dict[str, Any] = {"source_path": str(p), "format": fmt, "warnings": []}
     try:
         if fmt in ("nifti", "mgh"):
             vol = _read_nibabel(p, metadata)
         elif fmt == "dicom":
-            vol = _read_dicom(p, metadata)
+            from .dicom import read_dicom
+
+            vol = read_dicom(p, series=series, uneven=uneven, metadata=metadata)
         else:
             vol = sitk_to_volume(_sitk().ReadImage(str(p)), metadata, p)
     except NeurosynthError:
@@ -504,65 +505,13 @@ def _read_nibabel(p: Path, metadata: dict[str, Any]) -> Volume:
     from nibabel.spatialimages import SpatialImage
 
     img = cast(SpatialImage, nib.load(str(p), mmap=False))
+    if isinstance(img, nib.Cifti2Image):  # valid, but grayordinates (surface + subcortex), not a voxel grid
+        raise NeurosynthError(f"{p.name} is a CIFTI-2 file (data on grayordinates), not a volume; open a NIfTI volume")
     # dataobj applies scl_slope/intercept; integer files without scaling stay integer
     data = np.asanyarray(img.dataobj)
     affine = np.asarray(img.affine, dtype=np.float64)
     data = _to_3d(np.asarray(data), metadata, p)
     return Volume(data, affine, metadata)
-
-
-def _read_dicom(p: Path, metadata: dict[str, Any]) -> Volume:
-    sitk = _sitk()
-    if p.is_dir():
-        folder, wanted_uid = p, None
-    else:
-        folder = p.parent
-        info = sitk.ImageFileReader()
-        info.SetFileName(str(p))
-        info.ReadImageInformation()
-        wanted_uid = info.GetMetaData("0020|000e").strip() if info.HasMetaDataKey("0020|000e") else None
-    series_ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
-    if not series_ids:
-        if p.is_dir():
-            raise NeurosynthError(f"no readable DICOM series in folder {p}; open a folder holding one DICOM series")
-        series_ids = []
-    files_by_series = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in series_ids}
-    if p.is_file():
-        files = files_by_series.get(wanted_uid or "", [])
-        if len(files) > 1 and p.resolve() in {Path(f).resolve() for f in files}:
-            metadata["dicom_note"] = f"read the whole series ({len(files)} files) containing {p.name}"
-        else:
-            files = [str(p)]
-        uid = wanted_uid
-    else:
-        uid = max(files_by_series, key=lambda u: len(files_by_series[u]))
-        files = files_by_series[uid]
-        if len(files_by_series) > 1:
-            others = ", ".join(f"{u} ({len(f)} files)" for u, f in files_by_series.items() if u != uid)
-            _warn(
-                metadata,
-                f"folder {p.name} holds {len(files_by_series)} DICOM series; opened the largest, {uid} "
-                f"({len(files)} files); others: {others}",
-            )
-            metadata["dicom_series"] = {u: len(f) for u, f in files_by_series.items()}
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    image = reader.Execute()
-    tags = {
-        "0008|0060": "modality",
-        "0008|103e": "series_description",
-        "0020|000e": "series_instance_uid",
-        "0010|0020": "patient_id",
-    }
-    dicom = {"n_files": len(files)}
-    for tag, key in tags.items():
-        if reader.HasMetaDataKey(0, tag):
-            dicom[key] = reader.GetMetaData(0, tag).strip()
-    if uid and "series_instance_uid" not in dicom:
-        dicom["series_instance_uid"] = uid
-    metadata["dicom"] = dicom
-    return sitk_to_volume(image, metadata, p)
 
 
 # --------------------------------------------------------------------------- writing
@@ -618,26 +567,51 @@ def write_volume(volume: Volume, path: str | os.PathLike[str]) -> Path:
     if data.ndim != 3:
         raise NeurosynthError(f"can only write 3-D volumes, got shape {data.shape}")
     data = _storage_dtype(data)
+    if fmt in ("nrrd", "metaimage") and p.suffix.lower() in (".nhdr", ".mhd"):
+        # A detached header names its data file; a renamed temporary would point at the wrong
+        # one, so write both under temporary names and rename the data file first.
+        return _write_detached(volume.with_data(data), p, fmt)
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "nifti":
-            import nibabel as nib
+        with atomic_path(p) as tmp:
+            if fmt == "nifti":
+                import nibabel as nib
 
-            img = nib.Nifti1Image(data, volume.affine)
-            img.set_qform(volume.affine, code="scanner")
-            img.set_sform(volume.affine, code="scanner")
-            img.header.set_xyzt_units("mm")
-            nib.save(img, str(p))
-        elif fmt == "mgh":
-            import nibabel as nib
+                img = nib.Nifti1Image(data, volume.affine)
+                img.set_qform(volume.affine, code="scanner")
+                img.set_sform(volume.affine, code="scanner")
+                img.header.set_xyzt_units("mm")
+                nib.save(img, str(tmp))
+            elif fmt == "mgh":
+                import nibabel as nib
 
-            # MGH stores only uint8, int16, int32, float32
-            if data.dtype not in (np.uint8, np.int16, np.int32, np.float32):
-                data = data.astype(np.int32 if np.issubdtype(data.dtype, np.integer) else np.float32)
-            nib.save(nib.MGHImage(data, volume.affine), str(p))
-        else:
-            sitk = _sitk()
-            sitk.WriteImage(volume_to_sitk(volume.with_data(data)), str(p), useCompression=fmt == "nrrd")
+                # MGH stores only uint8, int16, int32, float32
+                if data.dtype not in (np.uint8, np.int16, np.int32, np.float32):
+                    data = data.astype(np.int32 if np.issubdtype(data.dtype, np.integer) else np.float32)
+                nib.save(nib.MGHImage(data, volume.affine), str(tmp))
+            else:
+                sitk = _sitk()
+                sitk.WriteImage(volume_to_sitk(volume.with_data(data)), str(tmp), useCompression=fmt == "nrrd")
+    except NeurosynthError:
+        raise
+    except Exception as exc:
+        raise NeurosynthError(f"cannot write {p}: {_first_line(exc)}") from exc
+    return p
+
+
+def _write_detached(volume: Volume, p: Path, fmt: str) -> Path:
+    """Write a header + data file pair (.nhdr/.raw.gz, .mhd/.raw) so neither is ever partial."""
+    import tempfile
+
+    sitk = _sitk()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=p.parent, prefix=f".{p.name}.partial-") as tmpdir:
+            staged = Path(tmpdir) / p.name
+            sitk.WriteImage(volume_to_sitk(volume), str(staged), useCompression=fmt == "nrrd")
+            # the data file(s) first, the header last: a reader never sees a header without its data
+            for f in sorted(Path(tmpdir).iterdir(), key=lambda f: f.name == p.name):
+                with atomic_path(p.parent / f.name) as tmp:
+                    os.replace(f, tmp)
     except NeurosynthError:
         raise
     except Exception as exc:

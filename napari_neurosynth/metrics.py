@@ -347,7 +347,8 @@ def kspace_band_errors(
     -------
     list of dict
         One per band: ``band`` (0 = lowest), ``low`` and ``high`` (cycles/mm),
-        ``rel_error`` = ``||F(s) - F(t)|| / ||F(t)||`` over the band,
+        ``rel_error`` = ``||F(s) - F(t)|| / ||F(t)||`` over the band (NaN for a band
+        that holds no coefficient),
         ``target_energy`` (the band's share of the target's spectral energy) and
         ``n_coefficients``.
 
@@ -357,9 +358,12 @@ def kspace_band_errors(
     >>> [round(b["rel_error"], 6) for b in kspace_band_errors(t, t, n_bands=2)]
     [0.0, 0.0]
     """
-    if n_bands < 1:
-        raise NeurosynthError("n_bands must be at least 1")
     s, t = np.asarray(synth, np.float64), np.asarray(target, np.float64)
+    most = max(1, max(t.shape) // 2)  # distinct radial frequencies along the longest axis
+    if not 1 <= n_bands <= most:
+        raise NeurosynthError(
+            f"the number of k-space bands must be between 1 and {most} for a volume of shape {t.shape}, not {n_bands}"
+        )
     if mask is not None:
         s, t = s * mask, t * mask
     fs, ft = sp_fft.fftn(s), sp_fft.fftn(t)
@@ -377,7 +381,10 @@ def kspace_band_errors(
     out: list[KspaceBand] = []
     for i in range(n_bands):
         high = float(radius.max()) if i == n_bands - 1 else float(edges[i + 1])
-        rel = float(np.sqrt(err_b[i] / tgt_b[i])) if tgt_b[i] > 0 else (0.0 if err_b[i] == 0 else float("inf"))
+        if cnt_b[i] == 0:  # no coefficient falls in this band: its error is undefined, not zero
+            rel = float("nan")
+        else:
+            rel = float(np.sqrt(err_b[i] / tgt_b[i])) if tgt_b[i] > 0 else (0.0 if err_b[i] == 0 else float("inf"))
         out.append(
             {
                 "band": i,

@@ -46,6 +46,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from .atomic import atomic_write_text, is_partial
 from .errors import NeurosynthError
 from .ratings import SUBSCORES, RatingRow, RatingStore
 
@@ -55,9 +56,11 @@ __all__ = [
     "Case",
     "ReaderSession",
     "Study",
+    "check_case_files",
     "create_study",
     "load_study",
     "missing_volumes",
+    "parse_study_text",
     "presentation_order",
     "rater_seed",
     "study_from_dict",
@@ -208,7 +211,7 @@ class Study:
                 text = yaml.safe_dump(data, sort_keys=False)
             else:
                 text = json.dumps(data, indent=2) + "\n"
-            path.write_text(text, encoding="utf-8")
+            atomic_write_text(path, text)
         except OSError as exc:
             raise NeurosynthError(f"cannot write study file {path}: {exc.strerror}") from None
         self.path = path
@@ -313,6 +316,8 @@ def study_from_dict(data: object, base: str | os.PathLike[str] = ".", source: st
         if case_id in seen:
             raise NeurosynthError(f"{source}: case id {case_id!r} appears twice")
         seen.add(case_id)
+        if not isinstance(raw["conditions"], dict) or not raw["conditions"]:
+            raise NeurosynthError(f"{where}: 'conditions' must be a non-empty mapping of condition -> volume path")
         extra = sorted(set(raw) - {"id", "conditions", "references"})
         if extra:
             raise NeurosynthError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}")
@@ -351,6 +356,106 @@ def missing_volumes(study: Study) -> list[Path]:
     return missing
 
 
+def _strict_loader() -> type:
+    """A safe YAML loader that refuses a key repeated in one mapping, naming its line.
+
+    PyYAML keeps the last of two equal keys without a word; in a study file that can
+    point the model condition at the acquired scan. PyYAML has no option for this, so
+    the check is the loader's mapping constructor, a few lines here.
+    """
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise NeurosynthError(
+                        f"line {line}: key {key!r} appears twice in one mapping (first at line {seen[key]}); "
+                        "each key may appear once"
+                    )
+                seen[key] = line
+            return cast(dict[Any, Any], super().construct_mapping(node, deep=deep))
+
+    return StrictLoader
+
+
+def parse_study_text(text: str, source: str = "study") -> Any:
+    """Parse study YAML/JSON text, refusing duplicate keys; errors name the line.
+
+    Examples
+    --------
+    >>> parse_study_text("study: pilot\\ncases: []\\n")
+    {'study': 'pilot', 'cases': []}
+    >>> parse_study_text("cases:\\n  - id: c1\\n    conditions:\\n      model: a.nii.gz\\n      model: b.nii.gz\\n")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: study: line 5: key 'model' appears twice in one mapping ...
+    """
+    import yaml
+
+    try:
+        # YAML is a superset of JSON, so one parser reads both.
+        return yaml.load(text, Loader=_strict_loader())  # a SafeLoader subclass: no arbitrary objects
+    except NeurosynthError as exc:
+        raise NeurosynthError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise NeurosynthError(f"{source} does not parse{where}: {problem}; fix the YAML/JSON syntax") from None
+    except (TypeError, ValueError, RecursionError) as exc:  # e.g. an unhashable key such as [a, b]
+        raise NeurosynthError(f"{source} does not parse: {exc}") from None
+
+
+def check_case_files(study: Study) -> None:
+    """Open every volume the study names and check each case's conditions share one grid.
+
+    Done when the study is loaded, so that a missing, corrupt or misplaced file is
+    reported before a rater starts, not in the middle of a session. Conditions must
+    share a grid because a different voxel size or field of view would unblind them;
+    two conditions naming the same file would have raters score one image as two.
+
+    Raises
+    ------
+    NeurosynthError
+        Naming the case, the condition and the file.
+    """
+    from .io import read_volume, same_grid
+
+    for case in study.cases:
+        by_file: dict[Path, str] = {}
+        first: tuple[str, Any] | None = None
+        for role, mapping in (("condition", case.conditions), ("reference", case.references)):
+            for name, path in mapping.items():
+                where = f"case {case.id!r}, {role} {name!r} ({path})"
+                key = path.resolve()
+                if key in by_file:
+                    raise NeurosynthError(
+                        f"{where} names the same file as {by_file[key]!r}; each image of a case must be its own file"
+                    )
+                by_file[key] = name
+                if not path.exists():
+                    raise NeurosynthError(f"{where}: the file does not exist")
+                try:
+                    vol = read_volume(path)
+                except NeurosynthError as exc:
+                    raise NeurosynthError(f"{where} cannot be opened: {exc}") from None
+                if role != "condition":
+                    continue
+                if first is None:
+                    first = (name, vol)
+                elif not same_grid(vol, first[1]):
+                    raise NeurosynthError(
+                        f"{where} is on another grid (shape {vol.shape}, spacing "
+                        f"{', '.join(f'{s:.3g}' for s in vol.spacing)} mm) than condition {first[0]!r} "
+                        f"(shape {first[1].shape}); the conditions of a case must share one grid, or the "
+                        "difference in resolution unblinds them"
+                    )
+
+
 def load_study(path: str | os.PathLike[str], check_files: bool = True) -> Study:
     """Read a study definition (YAML or JSON).
 
@@ -384,8 +489,6 @@ def load_study(path: str | os.PathLike[str], check_files: bool = True) -> Study:
     ...
     napari_neurosynth.errors.NeurosynthError: study file ...study.yaml does not parse at line 1, column 14: ...
     """
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -393,14 +496,7 @@ def load_study(path: str | os.PathLike[str], check_files: bool = True) -> Study:
         raise NeurosynthError(f"study file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise NeurosynthError(f"cannot read study file {path}: {exc}") from None
-    try:
-        # YAML is a superset of JSON, so one parser reads both.
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise NeurosynthError(f"study file {path} does not parse{where}: {problem}; fix the YAML/JSON syntax") from None
+    data = parse_study_text(text, source=f"study file {path}")
     study = study_from_dict(data, base=path.parent, source=f"study file {path}")
     study.path = path
     if check_files:
@@ -410,6 +506,10 @@ def load_study(path: str | os.PathLike[str], check_files: bool = True) -> Study:
                 f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             )
             raise NeurosynthError(f"study file {path} names {len(missing)} missing volume(s): {shown}")
+        try:
+            check_case_files(study)
+        except NeurosynthError as exc:
+            raise NeurosynthError(f"study file {path}: {exc}") from None
     return study
 
 
@@ -422,10 +522,18 @@ def _volume_stem(path: Path) -> str | None:
 
 
 def _volumes_in(folder: Path) -> dict[str, Path]:
-    out = {}
+    """Volumes in ``folder`` by name without extension; two files of one name are refused."""
+    out: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         stem = _volume_stem(path)
-        if stem and path.is_file():
+        if is_partial(path):  # an interrupted write's temporary file, not a case
+            continue
+        if stem and (path.is_file() or path.suffix.lower() == ".nhdr"):
+            if stem in out:
+                raise NeurosynthError(
+                    f"{folder} holds both {out[stem].name} and {path.name}: it is ambiguous which is {stem!r}; "
+                    "remove or rename one"
+                )
             out[stem] = path
     return out
 

@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
+from .atomic import atomic_path
 from .errors import NeurosynthError
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "mean_ci",
     "mos_table",
     "plot_distributions",
+    "plot_format",
     "proportion_ci",
     "rank_tests",
     "ratings_matrix",
@@ -642,6 +644,28 @@ def format_summary(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """The matplotlib format for a plot file name; an unknown extension is refused.
+
+    Examples
+    --------
+    >>> plot_format("mos.PNG"), plot_format("out/mos.svg")
+    ('png', 'svg')
+    >>> plot_format("mos.xyz")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: cannot save a plot as mos.xyz: choose an extension among ...
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    p = Path(path)
+    known = FigureCanvasBase.get_supported_filetypes()
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt not in known:
+        raise NeurosynthError(f"cannot save a plot as {p.name}: choose an extension among {', '.join(sorted(known))}")
+    return fmt
+
+
 def plot_distributions(rows: Iterable[Row], path: str | os.PathLike[str]) -> Path:
     """Save a PNG of the score distribution per condition, with MOS and 95 % CI.
 
@@ -657,6 +681,8 @@ def plot_distributions(rows: Iterable[Row], path: str | os.PathLike[str]) -> Pat
     >>> png.read_bytes()[:4]
     b'\\x89PNG'
     """
+    path = Path(path).expanduser()
+    fmt = plot_format(path)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -714,9 +740,9 @@ def plot_distributions(rows: Iterable[Row], path: str | os.PathLike[str]) -> Pat
     ax2.legend(loc="upper left", bbox_to_anchor=(1.12, 0.35), fontsize=8)
     ax.set_title("Score distribution per condition")
     fig.tight_layout()
-    path = Path(path)
     try:
-        fig.savefig(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt)
     except OSError as exc:
         raise NeurosynthError(f"cannot write plot {path}: {exc.strerror}") from None
     return path

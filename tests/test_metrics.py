@@ -194,6 +194,6 @@ def test_one_export_policy_for_non_finite_numbers(tmp_path, capsys):
     assert json.loads((tmp_path / "n.json").read_text()) == {"a": [None, 2]}
     assert write_csv([{"x": -np.inf, "y": [1, 2]}], tmp_path / "n.csv") == 1
     assert (tmp_path / "n.csv").read_text().splitlines() == ["x,y", ",1 2"]
-    assert not list(tmp_path.glob("*.partial"))
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
     with pytest.raises(NeurosynthError, match="cannot write"):
-        write_json({}, tmp_path / "missing" / "x.json")
+        write_json({}, tmp_path / "n.csv" / "x.json")  # under a file: unwritable

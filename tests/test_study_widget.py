@@ -28,6 +28,7 @@ def study_path(tmp_path):
 
 def _start(viewer, qtbot, study_path, db, rater="dr-a"):
     widget = ReaderStudyWidget(viewer)
+    widget.reading_check.setChecked(False)  # in-viewer mode: these tests inspect viewer.layers (see test_review.py)
     viewer.window.add_dock_widget(widget, name="Reader Study")
     widget.rater_edit.setText(rater)
     widget.study_edit.setText(str(study_path))

@@ -313,3 +313,18 @@ def test_shipped_card_metrics_readable_at_dock_width(shipped_widget, qtbot):
         doc = details.document()
         table = next(f for f in doc.rootFrame().childFrames() if isinstance(f, QTextTable))
         assert doc.documentLayout().frameBoundingRect(table).right() <= details.viewport().width(), name
+
+
+def test_constant_input_runs_with_a_warning_notification(make_napari_viewer, models_dir, qtbot, phantom3):
+    """A constant volume is synthesized (it is legitimate input) but the user is told it carries no anatomy."""
+    from napari_neurosynth.viewer.synthesize_widget import SynthesizeWidget
+
+    viewer = make_napari_viewer()
+    _add(viewer, phantom3["t1"].with_data(np.full(phantom3["t1"].shape, 5.0, np.float32)), "T1")
+    widget = SynthesizeWidget(viewer)
+    widget.set_model("tiny_t1_to_t2")
+    widget.set_device("cpu")
+    _wait(qtbot, widget, widget.run())
+    assert widget.result_layer is not None
+    shown = [m for m in _errors() if "is constant" in m]
+    assert shown and "every voxel is 5" in shown[-1]

@@ -7,7 +7,11 @@ Examples
 objects instead. ``neurosynth models show NAME`` prints the card;
 ``neurosynth models verify NAME`` checks the weights' checksum and shapes;
 ``neurosynth models convert CHECKPOINT --card CARD -o FOLDER`` turns a PyTorch
-checkpoint you trust into a bundle.
+checkpoint you trust into a bundle (any architecture a card can name, MONAI included).
+``neurosynth models import pix2pix CHECKPOINT --netG NAME --norm NORM --input M --output M -o BUNDLE``
+imports a pytorch-CycleGAN-and-pix2pix generator (weights-only loading; nothing in the
+file runs), and ``neurosynth models export NAME --format onnx -o DIR`` writes an ONNX
+bundle (see docs/bundle-format.md, "Models trained elsewhere").
 
 >>> import tempfile
 >>> from napari_neurosynth.bundle import save_bundle
@@ -80,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "or its 'state_dict'/'generator'/'model' entry)",
     )
     p.set_defaults(func=_convert)
+
+    _register_import(sub)
+    _register_export(sub)
 
     def _help(args: argparse.Namespace) -> int:
         parser.print_help()
@@ -176,4 +183,114 @@ def _convert(args: argparse.Namespace) -> int:
     _load_state(network, state, card.get("name", str(args.checkpoint)))
     folder = save_bundle(network, card, args.output)
     print(f"wrote bundle {folder}")
+    return 0
+
+
+# --------------------------------------------------------------------------- import / export
+
+
+def _register_import(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..external import PIX2PIX_NETG as NETG  # no torch import: every CLI command builds this parser
+
+    NORMS = ("instance", "batch", "none")
+
+    p = sub.add_parser("import", help="import a model trained elsewhere (pytorch-CycleGAN-and-pix2pix)")
+    kinds = p.add_subparsers(dest="import_kind", metavar="KIND")
+    q = kinds.add_parser(
+        "pix2pix",
+        help="a pytorch-CycleGAN-and-pix2pix generator checkpoint (latest_net_G.pth)",
+        description="Import a pytorch-CycleGAN-and-pix2pix generator. The checkpoint is read with "
+        "torch.load(weights_only=True): nothing in it is executed. The options are the original's "
+        "--netG, --norm, --ngf and --no_dropout.",
+    )
+    q.add_argument("checkpoint", type=Path, help="the generator's .pth state dict")
+    q.add_argument("--netG", dest="net_g", required=True, choices=list(NETG), help="generator architecture")
+    q.add_argument("--norm", required=True, choices=list(NORMS), help="normalisation layers it was trained with")
+    q.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        required=True,
+        metavar="MODALITY",
+        help="input modality (repeat for multi-channel models, in channel order)",
+    )
+    q.add_argument("--output", required=True, metavar="MODALITY", help="output modality")
+    q.add_argument(
+        "--ngf", type=int, default=None, help="generator filters in the first layer (default: read from the file)"
+    )
+    q.add_argument(
+        "--no-dropout",
+        dest="use_dropout",
+        action="store_false",
+        help="the model was trained with --no_dropout (CycleGAN's usual setting)",
+    )
+    q.add_argument(
+        "--plane",
+        default="axial",
+        choices=["axial", "coronal", "sagittal"],
+        help="slicing plane the model was trained on (default axial)",
+    )
+    q.add_argument("--context", type=int, default=0, help="neighbouring slices per side fed as extra channels")
+    q.add_argument("--name", default=None, help="bundle name (default: the folder name)")
+    q.add_argument(
+        "-o", "--output-dir", dest="dest", type=Path, required=True, metavar="BUNDLE", help="bundle folder to write"
+    )
+    q.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    q.set_defaults(func=_import_pix2pix)
+
+    def _help(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 1
+
+    p.set_defaults(func=_help)
+
+
+def _import_pix2pix(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ..external.importer import import_pix2pix
+
+    command = "neurosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    folder = import_pix2pix(
+        args.checkpoint,
+        args.dest,
+        net_g=args.net_g,
+        norm=args.norm,
+        inputs=args.inputs,
+        output=args.output,
+        ngf=args.ngf,
+        use_dropout=args.use_dropout,
+        name=args.name,
+        plane=args.plane,
+        context=args.context,
+        force=args.force,
+        command=command if command and " import " in command else None,
+    )
+    print(f"wrote bundle {folder}")
+    return 0
+
+
+def _register_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a bundle to another format (ONNX)",
+        description="Export a torch bundle as an ONNX bundle (model.onnx + card.json), run with onnxruntime.",
+    )
+    p.add_argument("name", metavar="NAME", help="bundle name or path")
+    p.add_argument("--format", required=True, choices=["onnx"], help="target format")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="bundle folder to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..atomic import check_output_path
+    from ..bundle import load_model
+    from ..external.onnx_model import export_onnx
+
+    check_output_path(args.output, force=args.force)
+    model = load_model(args.name)
+    folder = export_onnx(model, args.output, force=args.force, opset=args.opset)
+    print(f"wrote ONNX bundle {folder}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (created if missing)")
+    p.add_argument("--force", action="store_true", help="replace phantom files already in OUT_DIR")
     p.add_argument("--seed", type=int, default=0, help="subject seed (default 0); same seed, same images")
     p.add_argument(
         "--resolution",
@@ -104,12 +106,15 @@ def _fov_crop(text: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_path, check_output_path
     from ..io import write_volume
     from ..phantom import make_phantom
 
     out = Path(args.out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise NeurosynthError(f"{out} is a file; give a folder to write the phantom into")
+    for key in FILES:
+        check_output_path(out / f"{key}.nii.gz", force=args.force)
     lesions = False if args.no_lesions else (args.lesions if args.lesions else True)
     phantom = make_phantom(
         seed=args.seed,
@@ -124,12 +129,16 @@ def run(args: argparse.Namespace) -> int:
         misalignment=args.misalignment,
         lowres_factor=args.lowres_factor,
     )
+    # All files or none: each is staged under a temporary name and renamed only when every one
+    # of them was written, so a full disk leaves neither truncated files nor a partial set.
+    with contextlib.ExitStack() as stack:
+        for key in FILES:
+            write_volume(phantom[key], stack.enter_context(atomic_path(out / f"{key}.nii.gz")))
     for key in FILES:
         vol = phantom[key]
-        path = write_volume(vol, out / f"{key}.nii.gz")
         spacing = "x".join(f"{s:g}" for s in vol.spacing)
         shape = "x".join(str(s) for s in vol.shape)
-        print(f"wrote {path}  {shape} voxels of {spacing} mm  {vol.data.dtype}")
+        print(f"wrote {out / f'{key}.nii.gz'}  {shape} voxels of {spacing} mm  {vol.data.dtype}")
     meta = phantom["lesion_mask"].metadata
     kinds = meta["parameters"]["lesions"]
     n = len(meta["lesions"])

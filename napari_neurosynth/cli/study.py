@@ -8,6 +8,8 @@ Examples
     neurosynth study summary --db ratings.sqlite --study runs --plot mos.png
     neurosynth study export --db ratings.sqlite -o ratings.csv
     neurosynth study import --db ratings.sqlite other_site.csv
+    neurosynth study summary --db postgresql://lead@db.example.org/reader --study runs
+    neurosynth study migrate --from ratings.sqlite --to postgresql://admin@db.example.org/reader
 
 The same, on two tiny cases:
 
@@ -41,7 +43,6 @@ wrote 4 ratings to .../ratings.json
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,10 +56,18 @@ if TYPE_CHECKING:
 def _db_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
-        type=Path,
+        type=_db_location,
         default=None,
-        help="ratings database (default: ratings.sqlite in the user data folder)",
+        help="ratings database: a SQLite file (default: ratings.sqlite in the user data folder) "
+        "or a postgresql://user@host:port/db URL",
     )
+
+
+def _db_location(text: str) -> Path | str:
+    """A ``postgresql://`` URL stays text; anything else is a file path."""
+    from ..ratings import is_server_url
+
+    return text if is_server_url(text) else Path(text)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,6 +121,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     summary.add_argument("--study", help="only this study (default: all current ratings in the file)")
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
     summary.add_argument("--plot", type=Path, metavar="OUT.png", help="also save a score-distribution plot")
+    summary.add_argument("--force", action="store_true", help="replace an existing plot file")
     summary.add_argument(
         "--ci",
         choices=["wilson", "clopper-pearson"],
@@ -126,6 +136,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("-o", "--output", type=Path, required=True, help="OUT.csv or OUT.json")
     export.add_argument("--study", help="only this study")
     export.add_argument("--current-only", action="store_true", help="leave out superseded ratings")
+    export.add_argument("--force", action="store_true", help="replace an existing output file")
     export.set_defaults(func=_export)
 
     imp = sub.add_parser(
@@ -137,15 +148,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     imp.add_argument("--study", help="study id for rows without one")
     imp.set_defaults(func=_import)
 
+    migrate = sub.add_parser(
+        "migrate",
+        help="copy a study's SQLite ratings file to a PostgreSQL server (history, sessions and ids kept)",
+        description="Copy every study, session and rating (with its history) from a SQLite ratings file to a "
+        "ratings database on a PostgreSQL server. Ratings already there (same rating id) are skipped, so "
+        "running it again copies only what is new.",
+    )
+    migrate.add_argument("--from", dest="source", type=Path, required=True, metavar="RATINGS.sqlite")
+    migrate.add_argument("--to", dest="target", required=True, metavar="postgresql://USER@HOST:PORT/DB")
+    migrate.set_defaults(func=_migrate)
+
 
 def _open(args: argparse.Namespace) -> RatingStore:
+    """The ratings database of ``--db``, opened read-only (summary and export never write)."""
     from ..ratings import RatingStore, default_db_path
 
     path = args.db if args.db is not None else default_db_path()
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         hint = "" if args.db is not None else "; pass --db with the ratings file"
         raise NeurosynthError(f"ratings database {path} does not exist{hint}")
-    return RatingStore(path)
+    return RatingStore(path, read_only=True)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -175,8 +198,13 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from ..study_stats import format_summary, plot_distributions, summarize
+    from ..study_stats import format_summary, plot_distributions, plot_format, summarize
 
+    if args.plot is not None:
+        from ..atomic import check_output_path
+
+        plot_format(args.plot)  # an unknown extension or an existing plot is refused before any work
+        check_output_path(args.plot, force=args.force)
     with _open(args) as store:
         if args.study is not None and args.study not in store.studies():
             known = ", ".join(store.studies()) or "none"
@@ -198,6 +226,10 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ..atomic import check_output_path
+
+    db = args.db if isinstance(args.db, Path) else None
+    check_output_path(args.output, force=args.force, inputs=[db] if db is not None else [])
     with _open(args) as store:
         if args.output.suffix.lower() == ".json":
             from ..export import write_json
@@ -212,16 +244,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from ..export import read_csv_rows
     from ..ratings import EXTRA_FIELDS, RatingStore
 
-    try:
-        with open(args.csv, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise NeurosynthError(f"cannot read {args.csv}: {exc.strerror}") from None
-    needed = {"rater", "case_id", "condition", "score"}
-    if not rows or not needed <= set(rows[0]):
-        raise NeurosynthError(f"{args.csv} needs a header with at least {', '.join(sorted(needed))}")
+    rows = read_csv_rows(args.csv, ["rater", "case_id", "condition", "score"], what="ratings table")
+    if not rows:
+        raise NeurosynthError(f"{args.csv} has a header but no ratings")
     batch: list[dict[str, Any]] = []
     for row in rows:
         item: dict[str, Any] = {k: row[k] for k in EXTRA_FIELDS if k != "metadata" and row.get(k) not in (None, "")}
@@ -243,4 +271,19 @@ def _import(args: argparse.Namespace) -> int:
         store.record_many(batch)
         path = store.path
     print(f"imported {len(batch)} ratings into {path}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from ..ratings import RatingStore, is_server_url
+    from ..ratings_pg import copy_ratings
+
+    if not is_server_url(args.target):
+        raise NeurosynthError(f"--to must be a postgresql:// URL, got {args.target!r}")
+    if not args.source.is_file():
+        raise NeurosynthError(f"ratings database {args.source} does not exist")
+    with RatingStore(args.source, read_only=True) as source, RatingStore(args.target) as target:
+        copied, skipped = copy_ratings(source, target)
+        where = target.path
+    print(f"copied {copied} ratings from {args.source} to {where} ({skipped} already there)")
     return 0

@@ -23,7 +23,14 @@ Batch sources:
   to the CSV's folder).
 
 Outputs are written as ``OUT_DIR/<subject>_<output>_synth.nii.gz`` (``_synth`` keeps
-them apart from acquired images, also when OUT_DIR is the input folder).
+them apart from acquired images, also when OUT_DIR is the input folder), each with a
+``<subject>_<output>_synth.json`` sidecar recording the model's sha256. A rerun skips
+subjects whose output this model made; an output made by another model (or without a
+record) is refused unless ``--force``. ``--workers N`` spreads the subjects over a
+local Dask cluster, ``--scheduler tcp://HOST:PORT`` over a running one
+(:mod:`napari_neurosynth.cohort`, docs/scale.md)::
+
+    neurosynth synthesize --batch data/ --model t1_to_t2 -o out/ --workers 2
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ import argparse
 import glob
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING
 from ..errors import NeurosynthError
 
 if TYPE_CHECKING:
+    from ..bundle import Model
     from ..slicing import ModelLike
 
 _EXT = re.compile(r"(\.nii\.gz|\.nii|\.mgz|\.mgh|\.nrrd|\.nhdr|\.mha|\.mhd)$", re.IGNORECASE)
@@ -89,6 +96,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the network on whole slices (slower; default crops to the head)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing output (an output that is one of the inputs is refused even so)",
+    )
+    dask = p.add_argument_group("many subjects on Dask distributed (--batch; see docs/scale.md)")
+    where = dask.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes (one GPU each)"
+    )
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use a running Dask cluster")
+    dask.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch threads per subject, here and on each worker alike (default 1: bit-identical results "
+        "however the cohort is spread)",
+    )
     p.set_defaults(func=run)
 
 
@@ -251,6 +277,7 @@ def _synthesize_one(
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_output_path
     from ..bundle import load_model
 
     if bool(args.inputs) == bool(args.batch):
@@ -261,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
 
     if not args.batch:
+        if args.workers is not None or args.scheduler:
+            raise NeurosynthError("--workers and --scheduler spread many subjects; use them with --batch")
         if len(args.inputs) != len(modalities):
             raise NeurosynthError(
                 f"model {model.name!r} takes {len(modalities)} input(s) ({', '.join(modalities)}, in that order) "
@@ -268,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if out.is_dir():
             raise NeurosynthError(f"-o {out} is a folder; give an output file name such as {out / 'synth.nii.gz'}")
+        check_output_path(out, force=args.force, inputs=args.inputs)
         bar = _Bar(1.0, "volume", args.quiet)
         try:
             info = _synthesize_one(model, [Path(p) for p in args.inputs], out, args, bar.at)
@@ -279,37 +309,57 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
+    return _run_batch(model, modalities, out, args)
+
+
+def _run_batch(model: Model, modalities: list[str], out: Path, args: argparse.Namespace) -> int:
+    """Many subjects (:mod:`napari_neurosynth.cohort`): plan, run here or on Dask, report; exit 1 if any failed."""
+    from ..cohort import SynthesisOptions, plan_synthesis, run_synthesis
+
     subjects = find_subjects(args.batch, modalities)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NeurosynthError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
-    failures: list[tuple[str, str]] = []
-    written = 0
-    t0 = time.perf_counter()
+    if args.threads < 1:
+        raise NeurosynthError(f"--threads must be at least 1, not {args.threads}")
+    plan = plan_synthesis(
+        subjects, modalities, model.output, out, model.card["weights"]["sha256"], force=bool(args.force)
+    )
+    if plan.tasks:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NeurosynthError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    options = SynthesisOptions(
+        device=args.device,
+        precision=args.precision,
+        batch_size=_parse_batch_size(args.batch_size),
+        resample=args.resample,
+        crop=args.crop,
+        threads=args.threads,
+    )
     bar = _Bar(float(len(subjects)), "subject", args.quiet)
+    bar.at(float(len(plan.skipped) + len(plan.failures)))  # decided without computing anything
+    done = [0]
+
+    def finished(name: str) -> None:
+        done[0] += 1
+        bar.at(float(len(plan.skipped) + len(plan.failures) + done[0]))
+        bar.bar.set_postfix_str(name, refresh=False)
+
     try:
-        for i, (name, files) in enumerate(subjects.items()):
-            if i:
-                bar.next(name)
-            missing = [m for m in modalities if m not in files]
-            try:
-                if missing:
-                    raise NeurosynthError(f"no {', '.join(missing)} image found")
-                target = out / f"{name}_{model.output}_synth.nii.gz"
-                _synthesize_one(model, [files[m] for m in modalities], target, args, bar.at)
-                written += 1
-            except NeurosynthError as exc:
-                failures.append((name, str(exc)))
-            except Exception as exc:  # a bad subject must not stop the batch
-                failures.append((name, f"{type(exc).__name__}: {exc}"))
-        bar.at(1.0)
+        report = run_synthesis(
+            model,
+            plan,
+            options=options,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            progress=finished,
+            announce=lambda line: print(line, file=sys.stderr),
+        )
     finally:
         bar.close()
-    print(f"wrote {written} of {len(subjects)} subject(s) to {out} in {time.perf_counter() - t0:.1f} s")
-    if failures:
-        print(f"{len(failures)} subject(s) failed:", file=sys.stderr)
-        for name, msg in failures:
+    print(f"{out}: {report.summary()}")
+    if report.failures:
+        print(f"{len(report.failures)} subject(s) failed:", file=sys.stderr)
+        for name, msg in report.failures:
             print(f"  {name}: {msg}", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NeurosynthError
@@ -187,6 +188,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; only CPU runs are bit-reproducible",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle in the -o folder")
     p.set_defaults(func=run)
 
     h = subparsers.add_parser(
@@ -238,6 +240,10 @@ def run(args: argparse.Namespace) -> int:
     from ..preprocessing import DEFAULT_NORMALIZATION
     from ..training import TrainConfig, Trainer, command_line, export_bundle
 
+    out = Path(args.out).expanduser()
+    if (out / "card.json").exists() and not args.force:
+        # refused before training, not after hours of it
+        raise NeurosynthError(f"{out} already holds a model bundle; pass --force to replace it, or choose another -o")
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = args.mode
@@ -288,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     folder = export_bundle(
         trainer,
         args.out,
-        command=command_line([a for a in argv if a != "--resume"]),
+        command=command_line([a for a in argv if a not in ("--resume", "--force")]),
         heldout=args.heldout,
         heldout_resolution=args.heldout_resolution,
         grid=args.grid,

@@ -16,6 +16,11 @@ The package has one module per role; every name is importable from here:
   for an image-to-image generator, the score being the mean output inside a
   region of interest; HiResCAM (element-wise, the default) or the original
   Grad-CAM (:data:`CAM_METHODS`).
+- :mod:`~napari_neurosynth.explain.occlusion`: :func:`occlusion_map`, the
+  model-agnostic alternative for models without gradients (ONNX): how much hiding
+  each patch of the input changes the output inside the same ROI (captum's Occlusion).
+  :mod:`~napari_neurosynth.explain.cam3d` explains 3-D patch models in the window
+  around the ROI.
 - :mod:`~napari_neurosynth.explain.uncertainty_map`: :func:`uncertainty`, the
   per-voxel spread of the synthesis under test-time augmentation (left-right
   flips, small in-plane shifts) and MC dropout when the network has dropout layers.
@@ -47,6 +52,7 @@ from ..metrics import dice, robust_sigma, roc_auc
 from .cam import CAM_METHODS, gradcam
 from .difference import RegionRow, difference_map, disagreement_regions
 from .fidelity import Contrast, FidelityResult, InventedRow, LesionRow, lesion_fidelity
+from .occlusion import occlusion_map
 from .uncertainty_map import uncertainty
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "disagreement_regions",
     "gradcam",
     "lesion_fidelity",
+    "occlusion_map",
     "robust_sigma",
     "roc_auc",
     "uncertainty",

@@ -239,6 +239,15 @@ def gradcam(
     model = as_model(model)
     volumes, _ = prepare_inputs(model, inputs)
     net = model.network
+    if getattr(net, "is_onnx", False):
+        raise NeurosynthError(
+            f"Grad-CAM needs gradients, which the ONNX model {model.name!r} does not give; "
+            "use the model-agnostic occlusion map instead (napari_neurosynth.explain.occlusion_map)"
+        )
+    if getattr(net, "spatial_dims", 2) == 3:  # 3-D patch models: the window around the ROI
+        from .cam3d import gradcam_3d
+
+        return gradcam_3d(model, volumes, _roi_mask(roi, volumes[0].shape, volumes[0].affine), layer, method, per_input)
     net.eval()
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     # the engine's slice plan: normalisation, slicing axis, 2.5-D context, padding, batches

@@ -7,11 +7,11 @@ leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path, atomic_write_text
 from ..errors import NeurosynthError
 
 
@@ -54,12 +54,15 @@ def save_checkpoint(folder: Path, nets: dict, opts: dict, meta: dict, extra: dic
     tensors["rng.torch"] = torch.get_rng_state()
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
-    tmp = folder / "checkpoint.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "checkpoint.safetensors")
-    tmpj = folder / "checkpoint.json.tmp"
-    tmpj.write_text(json.dumps({**meta, "optimizers": opt_plain}, indent=1))
-    os.replace(tmpj, folder / "checkpoint.json")
+    # weights first, then the JSON that points at them: each file is whole or absent
+    try:
+        with atomic_path(folder / "checkpoint.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_text(folder / "checkpoint.json", json.dumps({**meta, "optimizers": opt_plain}, indent=1))
+    except NeurosynthError:
+        raise
+    except Exception as exc:  # OSError, or safetensors' own error wrapping one (a full disk)
+        raise NeurosynthError(f"cannot write a checkpoint to {folder}: {exc}") from None
 
 
 def load_checkpoint(folder: Path, nets: dict, opts: dict) -> dict:

@@ -144,6 +144,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         _seed_everything(cfg.seed, self.device)
         self.G = build_generator(cfg).to(self.device)
+        self._check_extent()
         self.nets: dict[str, nn.Module] = {"G": self.G}
         if cfg.mode == "unpaired":
             self._build_unpaired()
@@ -169,6 +170,17 @@ class Trainer:
         self.best: dict | None = None
 
     # ---- setup
+
+    def _check_extent(self) -> None:
+        """Refuse subjects (and patches) too small for the generator, before any step runs."""
+        from ..checks import check_slice_extent
+        from ..slicing import size_divisor
+
+        divisor = size_divisor(self.G)
+        for subj in [*self.train_subjects, *self.val_subjects]:
+            shape = next(iter(subj.arrays.values())).shape  # (slices, H, W) after prepare()
+            check_slice_extent(shape, 0, divisor, f"subject {subj.name!r}", self.cfg.name)
+        check_slice_extent((1, self.cfg.patch, self.cfg.patch), 0, divisor, "the training patch", self.cfg.name)
 
     def _load_data(self, subjects, val_subjects) -> None:
         """Training and validation subjects, normalised and sliced as the engine will see them."""

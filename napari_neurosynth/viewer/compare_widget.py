@@ -74,7 +74,7 @@ _FIDELITY_COLUMNS = (
     "voxels",
     "mm3",
 )
-_CAM_METHODS = (("hirescam", "HiResCAM"), ("gradcam", "Grad-CAM"))
+_CAM_METHODS = (("hirescam", "HiResCAM"), ("gradcam", "Grad-CAM"), ("occlusion", "Occlusion (model-agnostic)"))
 #: Symmetric display range of the z-map.
 Z_LIMIT = 5.0
 
@@ -201,6 +201,13 @@ class CompareExplainWidget(QWidget):
         choose.addRow("Acquired", self.target_combo)
         choose.addRow("Brain mask", self.mask_combo)
         choose.addRow("Lesions", self.lesion_combo)
+        self.review_button = QPushButton("Review: axial · coronal · sagittal")
+        self.review_button.setToolTip(
+            "Linked tri-planar views of the synthesized and acquired images (and the z-map and regions) "
+            "with a crosshair, window/level presets and drag, and flicker (F)"
+        )
+        self.review_button.clicked.connect(lambda: self.open_review())
+        choose.addRow(self.review_button)
         return choose
 
     def _build_metrics_tab(self) -> QWidget:
@@ -285,7 +292,8 @@ class CompareExplainWidget(QWidget):
             self.method_combo.addItem(label, key)
         self.method_combo.setToolTip(
             "HiResCAM: gradient × activation at each place (where the network looked); "
-            "Grad-CAM: channel weights pooled over the slice"
+            "Grad-CAM: channel weights pooled over the slice; "
+            "Occlusion: how much hiding each patch of the input changes the ROI (no gradients needed)"
         )
         self.cam_layer_combo = QComboBox()
         self.cam_layer_combo.setToolTip("Network layer to explain; 'input' attributes to the input voxels")
@@ -381,12 +389,31 @@ class CompareExplainWidget(QWidget):
         from torch import nn
 
         net = self._model.network
+        self._offer_methods(bool(getattr(net, "is_onnx", False)))
         default = getattr(net, "default_cam_layer", "") or ""
-        names = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        names = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
         items = ([default] if default else []) + [n for n in names if n != default] + ["input"]
+        if not default:  # e.g. a MONAI network: gradcam picks the last conv at the lowest resolution
+            self.cam_layer_combo.addItem("auto (lowest-resolution conv)", None)
         for n in items:
             self.cam_layer_combo.addItem(f"{n} (default)" if n == default else n, n)
         self.cam_layer_combo.setCurrentIndex(0)
+
+    def _offer_methods(self, onnx: bool) -> None:
+        """ONNX models give no gradients: only the occlusion map is offered, and the tab says why."""
+        for i in range(self.method_combo.count()):
+            item = self.method_combo.model().item(i)
+            item.setEnabled(not onnx or self.method_combo.itemData(i) == "occlusion")
+        if onnx:
+            self.method_combo.setCurrentIndex(self.method_combo.findData("occlusion"))
+            self.model_label.setText(
+                self.model_label.text() + " (ONNX: Grad-CAM needs gradients, which ONNX models do not give; "
+                "the occlusion map is offered instead)"
+            )
+        elif self.method_combo.currentData() == "occlusion":
+            self.method_combo.setCurrentIndex(0)
+        self.cam_button.setText(f"Explain ROI ({'occlusion' if onnx else 'Grad-CAM'})")
+        self.cam_layer_combo.setEnabled(not onnx)
 
     def _volumes(self, need_target: bool = True, need_mask: bool = False) -> dict:
         from napari_neurosynth.viewer.layers import layer_to_volume
@@ -598,6 +625,41 @@ class CompareExplainWidget(QWidget):
         layer.selected_label = int(row["label"])
         layer.visible = True
 
+    # ------------------------------------------------------------------ review
+    def open_review(self):
+        """Open the *Review* window (``viewer/review.py``) on the chosen layers; return it (``None`` on a wrong choice).
+
+        The synthesized and acquired images are shown in linked axial, coronal
+        and sagittal views; the z-map, the disagreement regions and the lesion
+        labels, when there are any, follow on top.
+        """
+        from .review import ReviewWindow
+
+        synth, target = self.synth_combo.layer(), self.target_combo.layer()
+        if synth is None:
+            notify_exception(NeurosynthError("Choose the synthesized image layer to review"))
+            return None
+        if synth.ndim != 3 or (target is not None and target.ndim != 3):
+            notify_exception(NeurosynthError("The review's linked views need 3-D images"))
+            return None
+        overlays = [
+            lay
+            for lay in (self.zmap_layer, self.regions_layer, self.lesion_combo.layer())
+            if lay is not None and lay in self.viewer.layers
+        ]
+        mask_layer = self.mask_combo.layer()
+        mask = None
+        if mask_layer is not None and np.shape(mask_layer.data) == np.shape(synth.data):
+            mask = np.asarray(mask_layer.data) > 0
+        old = getattr(self, "review_window", None)
+        if old is not None:
+            old.close()
+        self.review_window = ReviewWindow(
+            self.viewer, synth, target if target is not synth else None, overlays, mask, parent=self
+        )
+        self.review_window.show()
+        return self.review_window
+
     # ------------------------------------------------------------------ explain
     def add_roi_layer(self) -> Shapes:
         """Add a Shapes layer on the synthesized image's grid, in rectangle mode, and choose it as the ROI."""
@@ -712,13 +774,13 @@ class CompareExplainWidget(QWidget):
         label = dict(_CAM_METHODS)[method]
         self.cam_layer = self.viewer.add_image(
             cam,
-            name=f"{label} of {synth_name} ROI ({layer_name})",
+            name=f"{label} of {synth_name} ROI" + ("" if method == "occlusion" else f" ({layer_name or 'auto'})"),
             colormap="inferno",
             blending="additive",
             opacity=0.5,
             contrast_limits=(0.0, 1.0),
             metadata={
-                "kind": "gradcam",
+                "kind": "occlusion" if method == "occlusion" else "gradcam",
                 "method": method,
                 "layer": layer_name,
                 "model": self._model.name,
@@ -727,7 +789,10 @@ class CompareExplainWidget(QWidget):
             },
             **layer_transform_kwargs(first),
         )
-        self.status.setText(f"Added {self.cam_layer.name}: bright where the input drove the ROI's values.")
+        if method == "occlusion":
+            self.status.setText(f"Added {self.cam_layer.name}: bright where hiding the input changes the ROI.")
+        else:
+            self.status.setText(f"Added {self.cam_layer.name}: bright where the input drove the ROI's values.")
 
     def add_uncertainty_map(self):
         """Per-voxel spread under test-time augmentation (and MC dropout) as a layer (worker)."""
@@ -810,10 +875,13 @@ def _difference_job(
 
 
 def _gradcam_job(model, inputs, roi, layer, method, *, progress, cancel) -> np.ndarray:
-    from napari_neurosynth.explain import gradcam
+    from napari_neurosynth.explain import gradcam, occlusion_map
 
     progress(0.0)
-    cam = gradcam(model, inputs, roi, layer=layer, method=method)
+    if method == "occlusion":
+        cam = occlusion_map(model, inputs, roi)
+    else:
+        cam = gradcam(model, inputs, roi, layer=layer, method=method)
     progress(1.0)
     return cam
 

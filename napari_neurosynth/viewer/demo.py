@@ -29,6 +29,8 @@ SCREENSHOTS = {
     "03_difference": "Difference z-map and disagreement regions over the acquired T2",
     "04_gradcam": "HiResCAM of the lesion region over the T1",
     "05_reader_study": "Reader Study: blinded MOS capture",
+    "06_review": "Review: linked axial, coronal and sagittal views with the crosshair on the plaque, brain window",
+    "07_reading_window": "Reader Study's clean reading window: the blinded case only, no names or controls",
 }
 
 
@@ -250,12 +252,27 @@ def run_demo(
     study_w.rater_edit.setText("demo-rater")
     study_w.study_edit.setText(str(study_path))
     study_w.db_edit.setText(str(out / "ratings.sqlite"))
+    study_w.reading_check.setChecked(False)  # first in this viewer (05), then in the reading window (07)
     study_w.start()
     _settle(1.0)
     deadline = time.monotonic() + timeout
     while not study_w.loaded and time.monotonic() < deadline:
         _settle(0.1)
     shots["05_reader_study"] = _grab(viewer, window, out / "05_reader_study.png")
+    shots["07_reading_window"] = _reading_window_shot(study_w, out / "07_reading_window.png", timeout)
+
+    # --- review like a radiologist: tri-planar, linked, crosshair on the plaque, brain window
+    for layer in viewer.layers:
+        layer.visible = layer in (synth_layer, t2, compare_w.regions_layer)
+    review = compare_w.open_review()
+    if review is None:
+        raise NeurosynthError("demo: the Compare & Explain widget refused to open the review")
+    review.jump(tuple(float(v) for v in synth_layer.data_to_world(centre)))
+    review.apply_preset("brain")
+    _settle(1.0)
+    shots["06_review"] = out / "06_review.png"
+    review.grab().save(str(shots["06_review"]))
+    shots = {key: shots[key] for key in SCREENSHOTS}
 
     result = {
         "screenshots": shots,
@@ -266,9 +283,25 @@ def run_demo(
         "viewer": viewer,
     }
     if offscreen:
+        review.close()
         study_w.stop()
         viewer.close()
     return result
+
+
+def _reading_window_shot(study_w: Any, path: Path, timeout: float) -> Path:
+    """Restart the demo study in its clean reading window and save a picture of that window."""
+    study_w.stop()
+    study_w.reading_check.setChecked(True)
+    if not study_w.start():
+        raise NeurosynthError(f"demo: the reading window did not open: {study_w.status_label.text()}")
+    deadline = time.monotonic() + timeout
+    while not study_w.loaded and time.monotonic() < deadline:
+        _settle(0.1)
+    _settle(1.0)
+    study_w.reading_window.grab().save(str(path))
+    study_w.stop()
+    return path
 
 
 def _raise_dock(widget: Any) -> None:

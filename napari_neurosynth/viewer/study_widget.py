@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QApplication,
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -142,9 +143,17 @@ class ReaderStudyWidget(QWidget):
         from napari_neurosynth.ratings import default_db_path
 
         self.db_edit.setPlaceholderText(str(default_db_path()))
+        self.db_edit.setToolTip("A SQLite file, or postgresql://user@host:port/db for a study that spans sites")
         db_browse = QPushButton("Browse…")
         db_browse.clicked.connect(self._browse_db)
         form.addRow("Ratings file", self._row(self.db_edit, db_browse))
+        self.reading_check = QCheckBox("Clean reading window")
+        self.reading_check.setChecked(True)
+        self.reading_check.setToolTip(
+            "Blinded studies: show the case in a window of its own, with no layer list, names or "
+            "controls; the other panels are hidden until the session ends"
+        )
+        form.addRow(self.reading_check)
         self.start_button = QPushButton("Start / resume")
         self.start_button.clicked.connect(self.start)
         form.addRow(self.start_button)
@@ -291,6 +300,8 @@ class ReaderStudyWidget(QWidget):
         self._hidden = [layer for layer in self.viewer.layers if layer.visible]
         for layer in self._hidden:
             layer.visible = False
+        if self.reading_check.isChecked() and session.study.blinded:  # unblinded: nothing to hide
+            self._open_reading_window()
         self._build_questions()
         self.rating_box.setEnabled(True)
         done, total = session.progress
@@ -308,7 +319,8 @@ class ReaderStudyWidget(QWidget):
                 layer.visible = True
         self._hidden = []
         if self.session is not None:
-            viewer_grid(self.viewer).enabled = False
+            viewer_grid(self._display_viewer()).enabled = False
+        self._close_reading_window()
         if self.store is not None:
             self.store.close()
         self.store = self.session = None
@@ -360,7 +372,7 @@ class ReaderStudyWidget(QWidget):
         wanted = [(f"Reference: {name}", data, limits, affine) for name, data, limits, affine in result["refs"]]
         case_id, condition = self.session.current
         wanted.append(("Image" if self.session.study.blinded else f"{condition} · {case_id}", *result["image"]))
-        current = [layer for layer in self._layers if layer in self.viewer.layers]
+        current = [layer for layer in self._layers if layer in self._display_viewer().layers]
         if [layer.name for layer in current[:-1]] == [w[0] for w in wanted[:-1]] and len(current) == len(wanted):
             # Same layout as the previous item: swap the data in place, which is
             # much cheaper than removing and adding layers, and keeps the list still.
@@ -373,13 +385,14 @@ class ReaderStudyWidget(QWidget):
         else:
             self._remove_layers()
             self._layers = [self._add_image(data, limits, affine, name) for name, data, limits, affine in wanted]
-        viewer_grid(self.viewer).enabled = len(self._layers) > 1
-        self.viewer.layers.selection.active = self._layers[-1]
-        self.viewer.reset_view()
+        display = self._display_viewer()
+        viewer_grid(display).enabled = len(self._layers) > 1
+        display.layers.selection.active = self._layers[-1]
+        display.reset_view()
         self.loaded = True
 
     def _add_image(self, data, limits, affine, name):
-        return self.viewer.add_image(
+        return self._display_viewer().add_image(
             data,
             affine=affine,
             name=name,
@@ -404,10 +417,42 @@ class ReaderStudyWidget(QWidget):
             self._fail(f"Image {self.session.position + 1} could not be loaded: {exc}")
 
     def _remove_layers(self) -> None:
+        display = self._display_viewer()
         for layer in self._layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+            if layer in display.layers:
+                display.layers.remove(layer)
         self._layers = []
+
+    # -- the clean reading window ------------------------------------------------------------
+    def _display_viewer(self):
+        """Where the case's images go: the reading window's viewer model while one is open, else the viewer."""
+        reading = getattr(self, "reading_window", None)
+        return reading.view if reading is not None else self.viewer
+
+    def _open_reading_window(self) -> None:
+        """A bare canvas for the case (viewer/review.py), its keys, and the other panels hidden."""
+        from .review import ReadingWindow, hide_docks
+
+        keys = [(str(s), lambda s=s: self._key_score(s)) for s in range(1, 6)]
+        keys += [("Return", self._key_next), ("Enter", self._key_next)]
+        self.reading_window = ReadingWindow(keys, parent=self)
+        self._hidden_docks = hide_docks(self.window(), self) if self.window() is not self else []
+        self.reading_window.show()
+
+    def _close_reading_window(self) -> None:
+        """Close the reading window and show the panels again: the user's viewer as it was."""
+        from .review import show_docks
+
+        reading = getattr(self, "reading_window", None)
+        if reading is None:
+            return
+        self._remove_layers()
+        self.reading_window = None
+        reading.shutdown()
+        reading.close()
+        reading.deleteLater()
+        show_docks(getattr(self, "_hidden_docks", []))
+        self._hidden_docks = []
 
     # -- answers -----------------------------------------------------------------------------
     @staticmethod
@@ -496,7 +541,11 @@ class ReaderStudyWidget(QWidget):
             return None
         done, total = session.progress
         self.progress_label.setText(f"Image {session.position + 1} of {total} · {done}/{total} rated")
-        self._status(f"Saved: image {session.position + 1}, score {score}.")
+        problem = session.store.connection_problem()
+        if problem:  # a multi-site study whose server is away: say so plainly, keep going
+            self._status(f"Saved on this computer: image {session.position + 1}, score {score}. {problem}", error=True)
+        else:
+            self._status(f"Saved: image {session.position + 1}, score {score}.")
         return row
 
     def save_and_next(self) -> int | None:
@@ -508,7 +557,9 @@ class ReaderStudyWidget(QWidget):
         if session.at_end:
             upcoming = session.first_unrated()
             if upcoming is None:
-                self._status(f"All {len(session.items)} images rated. Thank you!")
+                problem = session.store.connection_problem()
+                done_text = f"All {len(session.items)} images rated. Thank you!"
+                self._status(f"{done_text} {problem}" if problem else done_text, error=bool(problem))
                 show_info("Reader study complete: all images rated.")
                 return row
             self._go(upcoming)

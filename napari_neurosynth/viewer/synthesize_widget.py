@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from napari.layers import Image
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QApplication,
@@ -300,6 +301,13 @@ def card_details_html(card: dict, *, full_metrics: bool = False, links: bool = T
         _fmt(_ARCH_NAMES.get(arch, arch)),
         f"{_fmt(slicing.get('plane', 'axial'))} slices (context {_fmt(slicing.get('context', 0))})",
     ]
+    if slicing.get("patch_size"):  # a 3-D model: sliding windows, not slices
+        patch = " x ".join(str(int(p)) for p in slicing["patch_size"])
+        about[2] = f"3-D windows {_fmt(patch)} (overlap {_fmt(slicing.get('overlap', 0.25))})"
+    source = (card.get("architecture") or {}).get("source")
+    if source and source != "neurosynth":
+        about[1] = f"{about[1]} ({_fmt(source)})"
+
     n_params = (card.get("weights") or {}).get("n_parameters")
     if n_params:
         about.append(f"{_fmt(int(n_params))} parameters")
@@ -712,6 +720,8 @@ class SynthesizeWidget(QWidget):
         layer = self.viewer.add_image(data, **layer_transform_kwargs(source), **kwargs)
         self.result_layer = layer
         self.status.setText(f"Added “{layer.name}” in {result['seconds']:.2f} s on {result['device']}.")
+        for message in result.get("warnings", []):  # e.g. a constant input: it ran, but say so
+            show_warning(message)
         if self.side_by_side_check.isChecked():
             self._grid_state = None
             self.side_by_side(True)
@@ -818,4 +828,10 @@ def _synthesize_job(
         name=f"{modality_label(model.output)} (synthesized: {model.name})",
         colormap="gray",
     )
-    return {"model": model, "layer_data": layer_data, "seconds": seconds, "device": vol.metadata["device"]}
+    return {
+        "model": model,
+        "layer_data": layer_data,
+        "seconds": seconds,
+        "device": vol.metadata["device"],
+        "warnings": list(vol.metadata.get("warnings", [])),
+    }
