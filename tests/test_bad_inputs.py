@@ -540,3 +540,14 @@ def test_full_disk_napari_writer_keeps_the_previous_file(small_disk):
         write_image(str(target), np.random.default_rng(0).random((64, 64, 64)), {"affine": affine})
     assert target.read_bytes() == before
     assert _partials(small_disk) == []
+
+
+def test_evaluate_csv_refuses_to_overwrite(tmp_path, subject, capsys):
+    out = tmp_path / "m.csv"
+    out.write_text("keep")
+    rc, _, err = _run_cli(capsys, "evaluate", subject["t2"], subject["t2"], "--csv", out)
+    assert rc == 2 and "--force" in err and out.read_text() == "keep"
+    assert _run_cli(capsys, "evaluate", subject["t2"], subject["t2"], "--csv", out, "--force")[0] == 0
+    assert out.read_text().startswith("kind,name")
+    rc, _, err = _run_cli(capsys, "evaluate", subject["t2"], subject["t2"], "--csv", subject["t2"], "--force")
+    assert rc == 2 and "also an input" in err

@@ -12,7 +12,7 @@ from napari_neurosynth.display import display_window
 from napari_neurosynth.io import Volume
 from napari_neurosynth.viewer.layers import volume_to_layer_data
 from napari_neurosynth.viewer.review import PLANES, ReviewWindow, text_overlay
-from napari_neurosynth.windowing import limits_to_window_level, preset_window
+from napari_neurosynth.windowing import limits_to_window_level, preset_window, relative_window
 
 
 def _add(viewer, vol: Volume, name: str, kind: str = "image"):
@@ -80,7 +80,8 @@ def test_three_views_follow_the_crosshair(review):
     before = tuple(view.dims.point)
     pos = QPointF(canvas.width() * 0.3, canvas.height() * 0.6)
     for kind, buttons in ((QEvent.MouseButtonPress, Qt.LeftButton), (QEvent.MouseButtonRelease, Qt.NoButton)):
-        event = QMouseEvent(kind, pos, canvas.mapToGlobal(pos), Qt.LeftButton, buttons, Qt.NoModifier)
+        screen = QPointF(canvas.mapToGlobal(pos.toPoint()))
+        event = QMouseEvent(kind, pos, screen, Qt.LeftButton, buttons, Qt.NoModifier)
         QApplication.sendEvent(canvas, event)
     after = tuple(view.dims.point)
     assert after[2] == pytest.approx(before[2])  # the axial slice stays
@@ -117,7 +118,7 @@ def test_preset_and_drag_change_every_linked_window(review, phantom3):
     ]
     for kind, pos, buttons in steps:
         button = Qt.NoButton if kind == QEvent.MouseMove else Qt.RightButton
-        event = QMouseEvent(kind, pos, canvas.mapToGlobal(pos), button, buttons, Qt.NoModifier)
+        event = QMouseEvent(kind, pos, QPointF(canvas.mapToGlobal(pos.toPoint())), button, buttons, Qt.NoModifier)
         QApplication.sendEvent(canvas, event)
         QApplication.processEvents()
     w_acq, l_acq = limits_to_window_level(tuple(acquired.contrast_limits))
@@ -125,10 +126,12 @@ def test_preset_and_drag_change_every_linked_window(review, phantom3):
     assert l_acq == pytest.approx(start_acq[1] + start_acq[0] * 50 / 256, rel=0.02)
     # the synthesized image (other units) moved by the same relative amount, in every view
     soft = display_window(phantom3["t2"].data, mask)
-    rel = np.asarray(acquired.contrast_limits) / np.asarray(soft)
+    rel = relative_window(tuple(acquired.contrast_limits), soft)
+    # 100 px wider and 50 px higher: the low end stays, the high end rises by 100/256 of the window
+    assert rel == pytest.approx((0.0, 1 + 100 / 256), abs=0.02)
     for layer in _linked_images(viewer, window):
         ref = display_window(np.asarray(layer.data), mask)
-        np.testing.assert_allclose(np.asarray(layer.contrast_limits) / np.asarray(ref), rel, rtol=1e-4)
+        np.testing.assert_allclose(relative_window(tuple(layer.contrast_limits), ref), rel, rtol=1e-4)
     assert text_overlay(window.views[2]).text.startswith("W ")  # shown on screen
 
     # unlinked: a change of one layer leaves the others

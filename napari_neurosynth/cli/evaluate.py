@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "or a list such as 1=NCR,2=ED,4=ET (BraTS)",
     )
     b.add_argument("-o", "--output", metavar="DIR", help="folder for the cohort tables and the plot")
-    b.add_argument("--force", action="store_true", help="replace existing cohort tables")
+    b.add_argument("--force", action="store_true", help="replace existing cohort tables (or the --csv file)")
     where = b.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes")
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use a running Dask cluster")
@@ -111,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         return run_batch(args)
     if not (args.synth and args.target):
         raise NeurosynthError("give SYNTH and TARGET (one subject), or --batch DIR|GLOB|CSV --modality NAME (many)")
+    if args.csv:
+        from ..atomic import check_output_path
+
+        inputs = [p for p in (args.synth, args.target, args.mask, args.lesion) if p]
+        check_output_path(args.csv, force=args.force, inputs=inputs)
     synth = read_volume(args.synth)
     target = read_volume(args.target)
     mask = read_volume(args.mask) if args.mask else None
