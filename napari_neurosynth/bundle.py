@@ -745,8 +745,13 @@ def _build_from_card(card: Mapping[str, Any], where: str) -> nn.Module:
     return network
 
 
-def _load_state(network: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    own = network.state_dict()
+def state_mismatch(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys of ``own`` missing from ``state``, keys of ``state`` not in ``own``, and shape mismatches.
+
+    The one comparison behind loading a bundle's weights and importing a foreign checkpoint.
+    """
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [
@@ -754,6 +759,11 @@ def _load_state(network: nn.Module, state: dict[str, torch.Tensor], name: str) -
         for k, v in own.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
+    return missing, unexpected, wrong
+
+
+def _load_state(network: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    missing, unexpected, wrong = state_mismatch(network.state_dict(), state)
     if missing or unexpected or wrong:
         parts = []
         if wrong:

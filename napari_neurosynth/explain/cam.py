@@ -67,7 +67,6 @@ def _roi_mask(roi: Roi, shape: tuple[int, ...], affine: NDArray[np.floating]) ->
 
 def _resolve_layer(net: nn.Module, layer: str | None, example: torch.Tensor) -> tuple[str, nn.Module]:
     """The module to explain: by dotted name, ``default_cam_layer``, or the last lowest-resolution conv."""
-    import torch
     from torch import nn
 
     modules = dict(net.named_modules())
@@ -83,23 +82,34 @@ def _resolve_layer(net: nn.Module, layer: str | None, example: torch.Tensor) -> 
             )
         return layer, modules[layer]
     # No default declared: the last Conv2d among those with the smallest output (the bottleneck).
+    return bottleneck_conv(net, example[:1], nn.Conv2d, "the network")
+
+
+def bottleneck_conv(net: nn.Module, x: torch.Tensor, conv: type[nn.Module], what: str) -> tuple[str, nn.Module]:
+    """The last ``conv`` module among those with the smallest output, found by one forward pass of ``x``.
+
+    Shared by 2-D (Conv2d) and 3-D (Conv3d) Grad-CAM when the network declares no layer.
+    """
+    import torch
+
+    modules = dict(net.named_modules())
     sizes: dict[str, int] = {}
 
     def recorder(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
         def hook(_mod: nn.Module, _inputs: object, out: torch.Tensor) -> None:
-            sizes[name] = int(out.shape[-1] * out.shape[-2])
+            sizes[name] = int(np.prod(out.shape[2:]))
 
         return hook
 
-    hooks = [m.register_forward_hook(recorder(n)) for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(recorder(n)) for n, m in modules.items() if isinstance(m, conv)]
     try:
         with torch.no_grad():
-            net(example[:1])
+            net(x)
     finally:
         for h in hooks:
             h.remove()
     if not sizes:
-        raise NeurosynthError("the network has no Conv2d layer; pass layer= explicitly")
+        raise NeurosynthError(f"{what} has no {conv.__name__} layer; pass layer= explicitly")
     smallest = min(sizes.values())
     name = [n for n, s in sizes.items() if s == smallest][-1]
     return name, modules[name]

@@ -14,7 +14,7 @@ sliding window's Gaussian blending with overlapping windows near their borders.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,7 +56,6 @@ def explain_window(mask: NDArray[np.bool_], patch: Sequence[int], divisor: int) 
 
 
 def _resolve_layer_3d(net: nn.Module, layer: str | None, x: torch.Tensor) -> tuple[str, nn.Module]:
-    import torch
     from torch import nn
 
     modules = dict(net.named_modules())
@@ -68,26 +67,9 @@ def _resolve_layer_3d(net: nn.Module, layer: str | None, x: torch.Tensor) -> tup
                 f"layer {layer!r} is not a submodule of the network; try one of: {', '.join(convs[-6:])}"
             )
         return layer, modules[layer]
-    sizes: dict[str, int] = {}
+    from .cam import bottleneck_conv
 
-    def recorder(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            sizes[name] = int(np.prod(out.shape[2:]))
-
-        return hook
-
-    hooks = [m.register_forward_hook(recorder(n)) for n, m in modules.items() if isinstance(m, nn.Conv3d)]
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    if not sizes:
-        raise NeurosynthError("the 3-D network has no Conv3d layer; pass layer= explicitly")
-    smallest = min(sizes.values())
-    name = [n for n, s in sizes.items() if s == smallest][-1]
-    return name, modules[name]
+    return bottleneck_conv(net, x, nn.Conv3d, "the 3-D network")
 
 
 def gradcam_3d(

@@ -49,13 +49,9 @@ def check_keys(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], whe
         more = f", ... ({len(items) - 8} more)" if len(items) > 8 else ""
         return f"{label} ({len(items)}): {', '.join(items[:8])}{more}"
 
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
+    from ..bundle import state_mismatch
+
+    missing, unexpected, wrong = state_mismatch(own, state)
     parts = [
         listed(label, items)
         for label, items in (
