@@ -62,7 +62,7 @@ def main() -> None:
     reference: dict[str, bytes] | None = None
     for workers in [None, *args.workers]:
         out = root / f"out-{workers or 'here'}"
-        plan = plan_synthesis(subjects, ["t1"], model.output, out, sha)
+        plan = plan_synthesis(subjects, ["t1"], model.output, out, sha, model_name=model.name)
         report = run_synthesis(model, plan, options=SynthesisOptions(device=args.device), workers=workers)
         assert not report.failures, report.failures
         outputs = {p.name: p.read_bytes() for p in sorted(out.glob("*_synth.nii.gz"))}

@@ -3,24 +3,27 @@
 A cohort is many subjects run through one model (:func:`run_synthesis`) and then
 compared with their acquired images (:func:`run_evaluation`). Dask distributed
 spreads the subjects: ``workers=N`` starts a ``LocalCluster`` of N single-threaded
-worker processes (dask-cuda's ``LocalCUDACluster``, one GPU per worker, when it
-is installed and a GPU is there), ``scheduler="tcp://host:8786"`` uses a running
-cluster, and neither runs the subjects here, one after the other. There is no
-scheduler of our own: a worker killed mid-subject has its subject rescheduled by
-Dask (the scheduler's ``allowed-failures``, 3 by default), not by this module.
+worker processes (on a GPU node, one GPU per worker: dask-cuda's ``LocalCUDACluster``
+when it is installed, else our own ``CUDA_VISIBLE_DEVICES`` per worker),
+``scheduler="tcp://host:8786"`` uses a running cluster, and neither runs the
+subjects here, one after the other. There is no scheduler of our own: a worker
+killed mid-subject has its subject rescheduled by Dask (the scheduler's
+``allowed-failures``, 3 by default), not by this module.
 
 **What makes a rerun cheap.** Each output ``OUT/<subject>_<output>_synth.nii.gz``
 is written atomically (:mod:`napari_neurosynth.atomic`) and then gets a sidecar
 ``OUT/<subject>_<output>_synth.json`` in the BIDS-derivatives style
 (``GeneratedBy``, ``Sources``) that records the model's weights sha256 and the
 output file's own sha256. The planner (:func:`plan_synthesis`) skips a subject
-whose output exists with a record of the same model and whose bytes still match
-the record; an output made by another model, changed since, or without a record
-is refused unless ``force``. A sidecar rather than a NIfTI header extension
+whose output exists with a record of the same model weights and whose bytes still
+match the record, and computes again one that an older version of the model (same
+name, other weights) made; an output made by another model, changed since, or
+without a record is refused unless ``force``. A sidecar rather than a NIfTI header extension
 because it is readable by every tool (``jq``, BIDS validators), works for any
 output format, and the output stays exactly what :func:`~napari_neurosynth.io.write_volume`
 writes. The sidecar is written after the image: a kill between the two renames
-leaves an image without a record, which a rerun refuses rather than trusts.
+leaves an image without its record (none, or the previous output's), which a rerun
+refuses rather than trusts.
 
 **Bit-identical, however it is spread.** Torch's CPU kernels sum in an order that
 depends on the number of intra-op threads (outputs differ at ~1e-7), so every
@@ -40,6 +43,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -52,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from distributed import WorkerPlugin
+from distributed import LocalCluster, WorkerPlugin
 
 from .atomic import atomic_path, atomic_write_text, check_output_path, is_partial
 from .errors import NeurosynthError
@@ -83,6 +87,7 @@ __all__ = [
     "run_synthesis",
     "summarize_cohort",
     "synthesize_subject",
+    "worker_gpus",
     "write_evaluation",
 ]
 
@@ -146,17 +151,27 @@ def read_record(output: str | os.PathLike[str]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _existing_output_verdict(output: Path, model_sha: str) -> str | None:
-    """None when ``output`` is this model's untouched output (skip it), else why it would be replaced."""
+def _existing_output_verdict(output: Path, model_sha: str, model_name: str | None = None) -> tuple[str, str]:
+    """What to do with an existing ``output``: ``("skip", "")``, ``("replace", why)`` or ``("refuse", why)``.
+
+    Skip this model's untouched output; replace (recompute) an untouched output that a
+    model of the same name made with other weights (a retrained model: the output is
+    stale, and it is ours); refuse anything else (another model's, changed by hand,
+    no record), which only ``force`` replaces.
+    """
     record = read_record(output)
     if record is None:
-        return f"{output.name} exists without a provenance record ({record_path(output).name})"
-    recorded = str((record.get("model") or {}).get("sha256", ""))
-    if recorded != model_sha:
-        return f"{output.name} exists, made by model weights sha256 {recorded[:12] or '?'}, not {model_sha[:12]}"
+        return "refuse", f"{output.name} exists without a provenance record ({record_path(output).name})"
+    model = record.get("model") or {}
+    recorded, name = str(model.get("sha256", "")), str(model.get("name", ""))
     if record.get("output_sha256") != file_sha256(output):
-        return f"{output.name} was changed after it was written (its sha256 differs from its record)"
-    return None
+        return "refuse", f"{output.name} was changed after it was written (its sha256 differs from its record)"
+    if recorded == model_sha:
+        return "skip", ""
+    why = f"{output.name} was made by model {name or '?'} weights sha256 {recorded[:12] or '?'}, not {model_sha[:12]}"
+    if model_name is None or name == model_name:
+        return "replace", why
+    return "refuse", f"{why} (another model, {model_name!r} now)"
 
 
 # --------------------------------------------------------------------------- planning
@@ -173,11 +188,16 @@ class SynthTask:
 
 @dataclass
 class Plan:
-    """What a cohort run will do: ``tasks`` to compute, ``skipped`` subjects, ``failures`` with reasons."""
+    """What a cohort run will do: ``tasks`` to compute, ``skipped`` subjects, ``failures`` with reasons.
+
+    ``replaced`` names the subjects among ``tasks`` whose existing output an older
+    version of the model (same name, other weights) made: they are computed again.
+    """
 
     tasks: list[SynthTask] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
 
 
 def plan_synthesis(
@@ -188,6 +208,7 @@ def plan_synthesis(
     model_sha: str,
     *,
     force: bool = False,
+    model_name: str | None = None,
 ) -> Plan:
     """Decide per subject: compute, skip (this model's output is there) or refuse.
 
@@ -207,6 +228,11 @@ def plan_synthesis(
         Replace outputs made by another model, changed since, or without a record.
         This model's own untouched outputs are skipped even so (they would come out
         the same); delete them to recompute.
+    model_name : str, optional
+        The model's name (``Model.name``). An untouched output whose record names
+        this model with *other* weights (it was retrained) is stale and computed
+        again without ``force`` (listed in ``Plan.replaced``); one whose record names
+        another model is refused unless ``force``. None: any other weights are stale.
 
     Examples
     --------
@@ -218,6 +244,18 @@ def plan_synthesis(
     ([], 's1', ('s2', 'no t1 image found'))
     >>> plan.failures[0][1]
     's1_t2_synth.nii.gz exists without a provenance record (s1_t2_synth.json); pass --force to replace it'
+
+    A record of this model's name with other weights (it was retrained): computed again.
+
+    >>> _ = atomic_write_text(record_path(out / "s1_t2_synth.nii.gz"), json.dumps(
+    ...     {"model": {"name": "m", "sha256": "cd" * 32}, "output_sha256": file_sha256(out / "s1_t2_synth.nii.gz")}))
+    >>> plan = plan_synthesis({"s1": {"t1": out / "a.nii.gz"}}, ["t1"], "t2", out, "ab" * 32, model_name="m")
+    >>> [t.subject for t in plan.tasks], plan.replaced
+    (['s1'], ['s1'])
+    >>> plan = plan_synthesis({"s1": {"t1": out / "a.nii.gz"}}, ["t1"], "t2", out, "ab" * 32, model_name="other")
+    >>> print(plan.failures[0][1])  # doctest: +NORMALIZE_WHITESPACE
+    s1_t2_synth.nii.gz was made by model m weights sha256 cdcdcdcdcdcd, not abababababab
+    (another model, 'other' now); pass --force to replace it
     >>> [t.subject for t in plan_synthesis({"s1": {"t1": out / "a.nii.gz"}}, ["t1"], "t2", out, "ab" * 32,
     ...                                     force=True).tasks]
     ['s1']
@@ -236,13 +274,15 @@ def plan_synthesis(
             plan.failures.append((name, str(exc)))
             continue
         if target.exists():
-            why = _existing_output_verdict(target, model_sha)
-            if why is None:
+            verdict, why = _existing_output_verdict(target, model_sha, model_name)
+            if verdict == "skip":
                 plan.skipped.append(name)
                 continue
-            if not force:
+            if verdict == "refuse" and not force:
                 plan.failures.append((name, f"{why}; pass --force to replace it"))
                 continue
+            if verdict == "replace":
+                plan.replaced.append(name)
         plan.tasks.append(SynthTask(name, inputs, target))
     return plan
 
@@ -291,20 +331,25 @@ def synthesize_subject(task: SynthTask, model: Model, options: SynthesisOptions,
     retries that.
     """
     from . import __version__
-    from .inference import synthesize_volume
+    from .inference import CPU_MAX_BATCH, resolve_device, synthesize_volume
     from .io import read_volume, write_volume
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {"subject": task.subject, "worker": os.getpid(), "device": device or options.device}
     try:
         volumes = [read_volume(p) for p in task.inputs]
+        batch_size = options.batch_size
+        if batch_size in (None, "auto") and resolve_device(device or options.device).type == "cpu":
+            # "auto" follows the free memory, and oneDNN's bits differ between batch sizes
+            # (~1e-6): a fixed size keeps a cohort's outputs identical on any worker, any load.
+            batch_size = CPU_MAX_BATCH
         with _torch_threads(options.threads):
             synth = synthesize_volume(
                 model,
                 volumes,
                 device=device or options.device,
                 precision=options.precision,
-                batch_size=options.batch_size,
+                batch_size=batch_size,
                 resample=options.resample,
                 crop=options.crop,
             )
@@ -332,20 +377,43 @@ def synthesize_subject(task: SynthTask, model: Model, options: SynthesisOptions,
 # --------------------------------------------------------------------------- Dask
 
 
-def _worker_device(requested: str, worker_name: object) -> str:
-    """One GPU per worker: ``auto``/``cuda`` on a multi-GPU node becomes ``cuda:<worker index mod GPUs>``.
+def worker_gpus(workers: int, visible: str | None, count: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each local worker: one GPU each, at most one worker per GPU.
 
-    Under dask-cuda (``CUDA_VISIBLE_DEVICES`` set to one device per worker) that is ``cuda:0``.
+    ``visible`` is this process's own ``CUDA_VISIBLE_DEVICES`` (the GPUs the user
+    allows; indices or UUIDs), ``count`` the number of GPUs torch sees.
+
+    Examples
+    --------
+    >>> worker_gpus(4, None, 2)          # two GPUs: two workers, not four
+    ['0', '1']
+    >>> worker_gpus(2, "3,GPU-5f2c", 2)  # the user's own selection, in its order
+    ['3', 'GPU-5f2c']
+    >>> worker_gpus(2, None, 0)
+    []
+    """
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(count)]
+    return devices[: min(max(0, workers), len(devices))]
+
+
+def _worker_device(requested: str) -> tuple[str, str]:
+    """The device a worker runs on and how it says so: ``("cuda:0", "cuda:0 (NVIDIA H200, CUDA_VISIBLE_DEVICES=1)")``.
+
+    ``auto``/``cuda`` is the worker's first visible GPU: the one GPU that our local
+    clusters and dask-cuda's (which lists the worker's own GPU first) give it, or
+    the one ``CUDA_VISIBLE_DEVICES=i dask worker ...`` gives it on a cluster.
     """
     import torch
 
     from .inference import resolve_device
 
-    if requested not in ("auto", "cuda") or not torch.cuda.is_available():
-        return str(resolve_device(requested))
-    n = torch.cuda.device_count()
-    index = worker_name if isinstance(worker_name, int) else 0
-    return f"cuda:{index % n}"
+    device = resolve_device(requested)
+    if device.type != "cuda":
+        return str(device), str(device)
+    index = 0 if device.index is None else device.index
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+    return f"cuda:{index}", f"cuda:{index} ({torch.cuda.get_device_name(index)}{where})"
 
 
 class ModelPlugin(WorkerPlugin):
@@ -364,7 +432,7 @@ class ModelPlugin(WorkerPlugin):
         self.bundle, self.sha256, self.requested = bundle, sha256, device
         self.name = f"neurosynth-model-{sha256[:16]}-{device}"
         self.model: Model | None = None
-        self.device = device
+        self.device = self.device_label = device
         self.loads = 0
 
     def setup(self, worker: Any) -> None:
@@ -373,8 +441,10 @@ class ModelPlugin(WorkerPlugin):
         model = load_model(self.bundle)
         if model.card["weights"]["sha256"] != self.sha256:
             raise NeurosynthError(f"worker {worker.address}: bundle {self.bundle} is not the model the client loaded")
-        self.model, self.device = model, _worker_device(self.requested, getattr(worker, "name", 0))
+        self.device, self.device_label = _worker_device(self.requested)
+        self.model = model
         self.loads += 1
+        log.info("worker %s (pid %d): model %s on %s", worker.address, os.getpid(), model.name, self.device_label)
 
     def teardown(self, worker: Any) -> None:
         self.model = None
@@ -400,23 +470,57 @@ def _worker_report(plugin_name: str, dask_worker: Any = None) -> dict:
     plugin = dask_worker.plugins.get(plugin_name) if dask_worker is not None else None
     if not isinstance(plugin, ModelPlugin) or plugin.model is None:  # its setup failed on this worker
         return {"pid": os.getpid(), "device": "no model (the plugin's setup failed; see the worker's log)", "loads": 0}
-    return {"pid": os.getpid(), "device": plugin.device, "loads": plugin.loads}
+    return {"pid": os.getpid(), "device": plugin.device_label, "loads": plugin.loads}
 
 
-def _local_cluster(workers: int, threads: int, device: str) -> Any:
-    from distributed import LocalCluster
+def _local_cluster(workers: int, threads: int, gpus: Sequence[str]) -> Any:
+    """A local cluster of ``workers`` processes, or one worker per GPU in ``gpus``.
 
+    For GPUs, dask-cuda's ``LocalCUDACluster`` when it is installed (it also pins
+    each worker's CPU affinity and memory to its GPU's NUMA node), else
+    :class:`_GPUCluster`, which gives each worker its own ``CUDA_VISIBLE_DEVICES``.
+    """
     common = {"threads_per_worker": threads, "dashboard_address": ":0", "silence_logs": _dask_log_level()}
-    if device in ("auto", "cuda"):
+    if gpus:
         try:
-            import torch
-            from dask_cuda import LocalCUDACluster  # optional: one GPU per worker via CUDA_VISIBLE_DEVICES
-
-            if torch.cuda.is_available():
-                return LocalCUDACluster(n_workers=min(workers, torch.cuda.device_count()), **common)
+            from dask_cuda import LocalCUDACluster
         except ImportError:
-            pass
+            return _GPUCluster(gpus, **common)
+        return LocalCUDACluster(n_workers=len(gpus), CUDA_VISIBLE_DEVICES=",".join(gpus), **common)
     return LocalCluster(n_workers=workers, processes=True, **common)
+
+
+class _GPUCluster(LocalCluster):
+    """A ``LocalCluster`` whose worker *i* sees only ``gpus[i]`` (its ``CUDA_VISIBLE_DEVICES``).
+
+    What dask-cuda's ``LocalCUDACluster`` does, through the same documented hook
+    (``SpecCluster.new_worker_spec``), for a node without dask-cuda. The nanny keeps
+    the environment, so a worker it restarts after a kill gets its GPU again.
+    """
+
+    def __init__(self, gpus: Sequence[str], **kwargs: Any):
+        self.gpus = list(gpus)
+        # system memory shared between the workers, as LocalCluster(n_workers=N) does
+        kwargs.setdefault("memory_limit", 1 / max(1, len(self.gpus)))
+        super().__init__(n_workers=0, processes=True, **kwargs)
+        self.scale(len(self.gpus))
+
+    def new_worker_spec(self) -> dict[int, dict]:
+        name = min(set(range(len(self.gpus))) - set(self.worker_spec))
+        spec = copy.deepcopy(self.new_spec)
+        spec["options"]["env"] = {**spec["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": self.gpus[name]}
+        return {name: spec}
+
+
+def _gpus_for(device: str, workers: int) -> list[str]:
+    """The GPUs a local cluster gives its workers: all visible ones for ``auto``/``cuda`` on a CUDA machine."""
+    if device not in ("auto", "cuda"):
+        return []  # cpu, mps or one named device (cuda:1): every worker uses that
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return worker_gpus(workers, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
 
 
 def _fast_malloc() -> contextlib.AbstractContextManager[Any]:
@@ -454,12 +558,36 @@ def _dask_logs() -> Iterator[None]:
 
 @contextlib.contextmanager
 def cohort_client(
-    workers: int | None = None, scheduler: str | None = None, *, threads: int = 1, device: str = "auto"
+    workers: int | None = None,
+    scheduler: str | None = None,
+    *,
+    threads: int = 1,
+    device: str = "auto",
+    gpus: Sequence[str] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> Iterator[Client | None]:
     """A Dask client for a cohort: a new local cluster (``workers``), a running one (``scheduler``), or None.
 
     The local cluster's dashboard listens on a free port (``client.dashboard_link``);
     both the cluster and the client are closed when the block ends.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Start a local cluster of this many single-threaded worker processes. With
+        ``device`` ``auto``/``cuda`` on a CUDA machine, one worker per GPU instead (at
+        most ``workers``), each with its own ``CUDA_VISIBLE_DEVICES``.
+    scheduler : str, optional
+        The address of a running scheduler (``tcp://host:8786``).
+    threads : int
+        Threads per local worker.
+    device : str
+        The engine's device; decides whether the local workers get a GPU each.
+    gpus : sequence of str, optional
+        The ``CUDA_VISIBLE_DEVICES`` of each local worker, one worker per entry,
+        instead of the visible GPUs (:func:`worker_gpus`).
+    announce : callable, optional
+        Told when fewer workers start than asked for (one per GPU).
     """
     if workers is None and not scheduler:
         yield None
@@ -472,18 +600,24 @@ def cohort_client(
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_dask_logs())
+        expected = 1
         if scheduler:
             try:
                 client = Client(scheduler, timeout="20s")
             except (OSError, TimeoutError) as exc:
                 raise NeurosynthError(f"cannot reach the Dask scheduler at {scheduler}: {_one_line(exc)}") from None
         else:
+            n = int(workers or 1)
+            devices = list(gpus) if gpus is not None else _gpus_for(device, n)
+            if devices and len(devices) < n and announce:
+                announce(f"{n} workers asked for, {len(devices)} GPU(s) here: starting {len(devices)}, one per GPU")
             stack.enter_context(_fast_malloc())
-            cluster = stack.enter_context(_local_cluster(int(workers or 1), threads, device))
+            cluster = stack.enter_context(_local_cluster(n, threads, devices))
             client = Client(cluster)
+            expected = len(devices) or n  # all of a local cluster's workers, so that each reports its device
         with client:
             try:
-                client.wait_for_workers(1, timeout=60)
+                client.wait_for_workers(expected, timeout=60)
             except TimeoutError:
                 where = client.scheduler.address if client.scheduler else scheduler
                 raise NeurosynthError(f"no Dask worker joined the scheduler {where} within 60 s") from None
@@ -541,6 +675,8 @@ class CohortReport:
     computed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Of the subjects to compute, those whose stale output (older weights of this model) was replaced.
+    replaced: list[str] = field(default_factory=list)
     seconds: float = 0.0
     #: Of ``seconds``, the time to start the cluster and load the model on every worker.
     startup_seconds: float = 0.0
@@ -553,9 +689,17 @@ class CohortReport:
         return not self.failures
 
     def summary(self) -> str:
-        """One line: ``6 computed, 0 skipped, 0 failed in 12.3 s (29.3 subjects/min)``."""
+        """One line: ``6 computed, 0 skipped, 0 failed in 12.3 s (29.3 subjects/min)``.
+
+        Examples
+        --------
+        >>> CohortReport(computed=["a", "b"], replaced=["b"], skipped=["c"], seconds=3.0).summary()
+        '2 computed (1 replacing an older version of the model), 1 skipped, 0 failed in 3.0 s (40.0 subjects/min)'
+        """
+        replaced = [s for s in self.replaced if s in self.computed]
+        stale = f" ({len(replaced)} replacing an older version of the model)" if replaced else ""
         text = (
-            f"{len(self.computed)} computed, {len(self.skipped)} skipped, {len(self.failures)} failed "
+            f"{len(self.computed)} computed{stale}, {len(self.skipped)} skipped, {len(self.failures)} failed "
             f"in {self.seconds:.1f} s"
         )
         busy = self.seconds - self.startup_seconds
@@ -594,11 +738,16 @@ def run_synthesis(
         Called with lines worth printing: the dashboard, the device of each worker.
     """
     options = options or SynthesisOptions()
-    report = CohortReport(skipped=list(plan.skipped), failures=list(plan.failures))
+    report = CohortReport(skipped=list(plan.skipped), failures=list(plan.failures), replaced=list(plan.replaced))
     t0 = time.perf_counter()
     if plan.tasks:
-        with cohort_client(workers, scheduler, threads=options.threads, device=options.device) as client:
+        with cohort_client(
+            workers, scheduler, threads=options.threads, device=options.device, announce=announce
+        ) as client:
             if client is None:
+                if announce:
+                    announce(f"running {len(plan.tasks)} subject(s) here, one after the other, on "
+                             f"{_worker_device(options.device)[1]}")  # fmt: skip
                 results: Iterator[tuple[Any, Any]] = _map(
                     synthesize_subject, plan.tasks, None, (model, options), lambda t: t.subject
                 )

@@ -40,13 +40,18 @@ from typing import Any, TypedDict, TypeVar, cast
 from .errors import NeurosynthError
 
 __all__ = [
+    "ANSWER_COLUMNS",
+    "AUDIT_COLUMNS",
     "COLUMNS",
     "EXTRA_FIELDS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SUBSCORES",
+    "AnswerRow",
+    "AuditRow",
     "RatingRow",
     "RatingStore",
+    "ReadingSessionRecord",
     "SessionRecord",
     "default_db_path",
     "is_server_url",
@@ -56,7 +61,7 @@ __all__ = [
 _T = TypeVar("_T")
 
 #: Schema version this code writes; files with a higher version are refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The one schema definition of both backends: ``version -> statements`` applied in
 #: order, each version in one transaction. It is written in SQLite's spelling;
@@ -124,6 +129,62 @@ SCHEMA: dict[int, list[str]] = {
         # keys on (docs/reader-study.md); always NULL in a local SQLite file.
         "ALTER TABLE ratings ADD COLUMN entered_by TEXT{role_default}",
         "ALTER TABLE sessions ADD COLUMN entered_by TEXT{role_default}",
+    ],
+    3: [
+        # Typed answers (napari_neurosynth.questions): one row per question, the value
+        # as JSON; a changed answer supersedes the old row, like ratings do.
+        """CREATE TABLE answers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            study TEXT NOT NULL REFERENCES studies(id),
+            rater TEXT NOT NULL REFERENCES raters(id),
+            reading_session TEXT NOT NULL DEFAULT '',
+            case_id TEXT NOT NULL CHECK (length(case_id) > 0),
+            condition TEXT NOT NULL CHECK (length(condition) > 0),
+            question TEXT NOT NULL CHECK (length(question) > 0),
+            value TEXT NOT NULL,
+            seconds_on_case REAL CHECK (seconds_on_case IS NULL OR seconds_on_case >= 0),
+            created_at TEXT NOT NULL,
+            supersedes INTEGER REFERENCES answers(id),
+            is_current INTEGER NOT NULL DEFAULT 1 CHECK (is_current IN (0, 1)),
+            uid TEXT NOT NULL UNIQUE,
+            entered_by TEXT{role_default}
+        )""",
+        """CREATE UNIQUE INDEX answers_one_current
+            ON answers (study, rater, reading_session, case_id, condition, question) WHERE is_current = 1""",
+        "CREATE INDEX answers_by_study ON answers (study, rater, reading_session)",
+        # The audit trail: every answer written, with the value it replaced (NULL for
+        # a first answer) and when. Rows are only ever inserted.
+        """CREATE TABLE answer_audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            answer_id INTEGER NOT NULL REFERENCES answers(id),
+            study TEXT NOT NULL,
+            rater TEXT NOT NULL,
+            reading_session TEXT NOT NULL DEFAULT '',
+            case_id TEXT NOT NULL,
+            condition TEXT NOT NULL,
+            question TEXT NOT NULL,
+            old_value TEXT,
+            new_value TEXT NOT NULL,
+            changed_at TEXT NOT NULL,
+            entered_by TEXT{role_default}
+        )""",
+        "CREATE INDEX answer_audit_by_study ON answer_audit (study, rater)",
+        # Reading sessions of a crossover study (the one implicit session of other
+        # studies stays in `sessions`): order, position and when the rater ended it,
+        # from which the washout before the next session is counted.
+        """CREATE TABLE reading_sessions (
+            rater TEXT NOT NULL REFERENCES raters(id),
+            study TEXT NOT NULL REFERENCES studies(id),
+            reading_session TEXT NOT NULL CHECK (length(reading_session) > 0),
+            seed INTEGER NOT NULL,
+            item_order TEXT NOT NULL,
+            position INTEGER NOT NULL DEFAULT 0 CHECK (position >= 0),
+            started_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            ended_at TEXT,
+            entered_by TEXT{role_default},
+            PRIMARY KEY (rater, study, reading_session)
+        )""",
     ],
 }
 
@@ -244,6 +305,82 @@ class SessionRecord(TypedDict):
     updated_at: str
     #: The presentation order, as JSON gave it back: ``[case id, condition]`` pairs.
     order: list[list[str]]
+
+
+class ReadingSessionRecord(SessionRecord):
+    """A rater's stored reading session of a crossover study (:meth:`RatingStore.load_reading_session`)."""
+
+    reading_session: str
+    #: ISO-8601 time (UTC) the rater ended the session, ``None`` while it is open.
+    ended_at: str | None
+
+
+#: Column order of :meth:`RatingStore.answers` rows.
+ANSWER_COLUMNS = (
+    "id",
+    "study",
+    "rater",
+    "reading_session",
+    "case_id",
+    "condition",
+    "question",
+    "value",
+    "seconds_on_case",
+    "created_at",
+    "supersedes",
+    "is_current",
+    "uid",
+)
+
+#: Column order of :meth:`RatingStore.audit` rows.
+AUDIT_COLUMNS = (
+    "id",
+    "answer_id",
+    "study",
+    "rater",
+    "reading_session",
+    "case_id",
+    "condition",
+    "question",
+    "old_value",
+    "new_value",
+    "changed_at",
+)
+
+
+class AnswerRow(TypedDict):
+    """One typed answer (:meth:`RatingStore.answers`); ``value`` decoded from JSON (``None``: cleared)."""
+
+    id: int
+    study: str
+    rater: str
+    reading_session: str
+    case_id: str
+    condition: str
+    question: str
+    value: Any
+    seconds_on_case: float | None
+    created_at: str
+    supersedes: int | None
+    is_current: int
+    uid: str
+
+
+class AuditRow(TypedDict):
+    """One entry of the answer audit trail (:meth:`RatingStore.audit`); values decoded from JSON."""
+
+    id: int
+    answer_id: int
+    study: str
+    rater: str
+    reading_session: str
+    case_id: str
+    condition: str
+    question: str
+    #: The value replaced, ``None`` for a first answer.
+    old_value: Any
+    new_value: Any
+    changed_at: str
 
 
 #: A validated rating: rater, case, condition, score, study and the optional fields.
@@ -894,6 +1031,16 @@ class RatingStore:
 
         self._transaction(write)
 
+    def study_definition(self, study: str) -> dict[str, Any] | None:
+        """The definition first stored for ``study`` (:meth:`register_study`), or ``None``."""
+        rows = self._query("SELECT definition FROM studies WHERE id = ?", (study,))
+        if not rows or rows[0]["definition"] is None:
+            return None
+        try:
+            return cast(dict[str, Any], json.loads(rows[0]["definition"]))
+        except json.JSONDecodeError:
+            return None
+
     def load_session(self, rater: str, study: str) -> SessionRecord | None:
         """The stored session of ``rater`` in ``study`` (``order`` decoded), or ``None``.
 
@@ -952,6 +1099,219 @@ class RatingStore:
             lambda conn: conn.execute(
                 "UPDATE sessions SET position = ?, updated_at = ? WHERE rater = ? AND study = ?",
                 (int(position), _now(), rater, study),
+            )
+        )
+
+    # -- typed answers, their audit trail, reading sessions (schema 3; napari_neurosynth.study) --
+    def record_answers(
+        self,
+        rater: str,
+        study: str,
+        case: str,
+        condition: str,
+        answers: Mapping[str, Any],
+        *,
+        reading_session: str = "",
+        seconds_on_case: float | None = None,
+        legacy: tuple[int, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Store typed answers to one item in one transaction, with an audit row per changed answer.
+
+        Answers equal to the current ones are not written again; a value ``None``
+        clears an answer given before. Each answer written supersedes the old row
+        and adds an :meth:`audit` row with the old value (``None`` for a first
+        answer), the new one and the time. ``legacy`` = ``(score, extra)`` also
+        writes a ratings row (:meth:`record`) in the same transaction, so that the
+        MOS summaries keep working. Validation against the questions is the
+        caller's (:func:`napari_neurosynth.questions.validate_answers`).
+
+        Returns
+        -------
+        int
+            The ratings row id when ``legacy`` was written, else the id of the last
+            answer written, else 0 (nothing changed).
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> store = RatingStore(pathlib.Path(tempfile.mkdtemp()) / "r.sqlite")
+        >>> _ = store.record_answers("dr-a", "pilot", "c1", "model", {"lesions": [], "diagnostic": True})
+        >>> _ = store.record_answers("dr-a", "pilot", "c1", "model", {"lesions": [], "diagnostic": False})
+        >>> [(a["question"], a["value"]) for a in store.answers()]
+        [('lesions', []), ('diagnostic', False)]
+        >>> [(r["question"], r["old_value"], r["new_value"]) for r in store.audit()]
+        [('lesions', None, []), ('diagnostic', None, True), ('diagnostic', True, False)]
+        >>> store.close()
+        """
+        rater_id = _identifier("rater", rater)
+        study_id = _identifier("study", study)
+        case_id = _identifier("case", case)
+        condition_id = _identifier("condition", condition)
+        session = "" if reading_session is None else str(reading_session).strip()
+        if seconds_on_case is not None:
+            seconds_on_case = float(seconds_on_case)
+            if not math.isfinite(seconds_on_case) or seconds_on_case < 0:
+                raise NeurosynthError(f"seconds_on_case must be a finite number >= 0, got {seconds_on_case!r}")
+        encoded: dict[str, str] = {}
+        for question, value in answers.items():
+            qid = _identifier("question", question)
+            try:
+                encoded[qid] = json.dumps(value, sort_keys=True, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise NeurosynthError(f"the answer to {qid!r} cannot be stored as JSON: {exc}") from None
+        prepared = None
+        if legacy is not None:
+            extra = {**legacy[1], "seconds_on_case": seconds_on_case}
+            prepared = self._prepare(rater_id, case_id, condition_id, legacy[0], study_id, extra)
+        keys = (study_id, rater_id, session, case_id, condition_id)
+
+        def write(conn: Any) -> int:
+            now = _now()
+            conn.execute("INSERT INTO raters (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (rater_id, now))
+            conn.execute("INSERT INTO studies (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (study_id, now))
+            last = 0
+            for qid, text in encoded.items():
+                old = conn.execute(
+                    "SELECT id, value FROM answers WHERE study = ? AND rater = ? AND reading_session = ?"
+                    " AND case_id = ? AND condition = ? AND question = ? AND is_current = 1",
+                    (*keys, qid),
+                ).fetchone()
+                if (old is not None and old[1] == text) or (old is None and text == "null"):
+                    continue
+                if old is not None:
+                    conn.execute("UPDATE answers SET is_current = 0 WHERE id = ?", (old[0],))
+                row = conn.execute(
+                    "INSERT INTO answers (study, rater, reading_session, case_id, condition, question, value,"
+                    " seconds_on_case, created_at, supersedes, is_current, uid)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING id",
+                    (*keys, qid, text, seconds_on_case, now, None if old is None else old[0], uuid.uuid4().hex),
+                ).fetchone()
+                last = int(row[0])
+                conn.execute(
+                    "INSERT INTO answer_audit (answer_id, study, rater, reading_session, case_id, condition,"
+                    " question, old_value, new_value, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (last, *keys, qid, None if old is None else old[1], text, now),
+                )
+            if prepared is not None:
+                return self._insert(conn, *prepared, uid=uuid.uuid4().hex, created_at=now)
+            return last
+
+        return self._transaction(write)
+
+    def _select(
+        self, table: str, columns: tuple[str, ...], filters: Mapping[str, str | None], current: bool | None = None
+    ) -> list[dict[str, Any]]:
+        # A writable store is migrated to this schema; a read-only older file may lack the table.
+        if self.read_only and not self._has_table(table):
+            return []
+        where = [f"{name} = ?" for name, value in filters.items() if value is not None]
+        params = [value for value in filters.values() if value is not None]
+        if current:
+            where.append("is_current = 1")
+        sql = f"SELECT {', '.join(columns)} FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._query(sql + " ORDER BY id", params)
+
+    def answers(
+        self,
+        study: str | None = None,
+        rater: str | None = None,
+        reading_session: str | None = None,
+        history: bool = False,
+    ) -> list[AnswerRow]:
+        """Typed answers as dicts (keys :data:`ANSWER_COLUMNS`, ``value`` decoded), oldest first.
+
+        Cleared answers (value ``None``) are left out unless ``history``.
+        """
+        filters = {"study": study, "rater": rater, "reading_session": reading_session}
+        rows = self._select("answers", ANSWER_COLUMNS, filters, current=not history)
+        for row in rows:
+            row["value"] = json.loads(row["value"])
+        if not history:
+            rows = [r for r in rows if r["value"] is not None]
+        return cast(list[AnswerRow], rows)
+
+    def audit(
+        self, study: str | None = None, rater: str | None = None, reading_session: str | None = None
+    ) -> list[AuditRow]:
+        """The audit trail of typed answers (keys :data:`AUDIT_COLUMNS`, values decoded), oldest first."""
+        filters = {"study": study, "rater": rater, "reading_session": reading_session}
+        rows = self._select("answer_audit", AUDIT_COLUMNS, filters)
+        for row in rows:
+            row["old_value"] = None if row["old_value"] is None else json.loads(row["old_value"])
+            row["new_value"] = json.loads(row["new_value"])
+        return cast(list[AuditRow], rows)
+
+    def load_reading_session(self, rater: str, study: str, reading_session: str) -> ReadingSessionRecord | None:
+        """The stored reading session of a crossover study (``order`` decoded), or ``None``.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> from datetime import datetime, timezone
+        >>> store = RatingStore(pathlib.Path(tempfile.mkdtemp()) / "r.sqlite")
+        >>> rec = store.create_reading_session("dr-a", "pilot", "unaided", seed=3, order=[("c1", "acquired")])
+        >>> rec["reading_session"], rec["ended_at"], rec["order"]
+        ('unaided', None, [['c1', 'acquired']])
+        >>> store.end_reading_session("dr-a", "pilot", "unaided", datetime(2026, 1, 5, tzinfo=timezone.utc))
+        >>> store.load_reading_session("dr-a", "pilot", "unaided")["ended_at"]
+        '2026-01-05T00:00:00+00:00'
+        >>> store.close()
+        """
+        if self.read_only and not self._has_table("reading_sessions"):
+            return None
+        rows = self._query(
+            "SELECT rater, study, reading_session, seed, item_order, position, started_at, updated_at, ended_at"
+            " FROM reading_sessions WHERE rater = ? AND study = ? AND reading_session = ?",
+            (rater, study, reading_session),
+        )
+        if not rows:
+            return None
+        record = rows[0]
+        order = json.loads(record.pop("item_order"))
+        return cast(ReadingSessionRecord, {**record, "order": order})
+
+    def create_reading_session(
+        self, rater: str, study: str, reading_session: str, seed: int, order: Iterable[tuple[str, str] | list[str]]
+    ) -> ReadingSessionRecord:
+        """Store a new reading session; if one exists (another process), keep and return that one."""
+        text = json.dumps(list(order))
+
+        def write(conn: Any) -> None:
+            now = _now()
+            conn.execute("INSERT INTO raters (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (rater, now))
+            conn.execute("INSERT INTO studies (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (study, now))
+            conn.execute(
+                "INSERT INTO reading_sessions (rater, study, reading_session, seed, item_order, position,"
+                " started_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT DO NOTHING",
+                (rater, study, reading_session, int(seed), text, now, now),
+            )
+
+        self._transaction(write)
+        record = self.load_reading_session(rater, study, reading_session)
+        if record is None:  # cannot happen: the row was just written (or already there)
+            raise NeurosynthError(f"reading session {reading_session!r} of rater {rater!r} was not stored")
+        return record
+
+    def set_reading_position(self, rater: str, study: str, reading_session: str, position: int) -> None:
+        """Remember where ``rater`` is in a reading session."""
+        self._transaction(
+            lambda conn: conn.execute(
+                "UPDATE reading_sessions SET position = ?, updated_at = ?"
+                " WHERE rater = ? AND study = ? AND reading_session = ?",
+                (int(position), _now(), rater, study, reading_session),
+            )
+        )
+
+    def end_reading_session(self, rater: str, study: str, reading_session: str, ended_at: datetime) -> None:
+        """Record that ``rater`` ended a reading session at ``ended_at`` (kept if already ended)."""
+        if ended_at.tzinfo is None:
+            raise NeurosynthError("the end of a reading session must be a time with a time zone")
+        stamp = ended_at.astimezone(timezone.utc).isoformat()
+        self._transaction(
+            lambda conn: conn.execute(
+                "UPDATE reading_sessions SET ended_at = ?, updated_at = ?"
+                " WHERE rater = ? AND study = ? AND reading_session = ? AND ended_at IS NULL",
+                (stamp, _now(), rater, study, reading_session),
             )
         )
 

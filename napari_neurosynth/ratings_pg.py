@@ -32,7 +32,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -41,8 +41,11 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import NeurosynthError
 from .ratings import (
     _T,
+    AnswerRow,
+    AuditRow,
     RatingRow,
     RatingStore,
+    ReadingSessionRecord,
     SessionRecord,
     _now,
     _Prepared,
@@ -491,6 +494,95 @@ class PostgresRatingStore(RatingStore):
         except _Offline:
             self._positions[(rater, study)] = int(position)
         self._cache.pop(("session", rater, study), None)
+
+    # Typed answers, their audit and crossover reading sessions have no journal (yet).
+    # While the server is away, answers that a ratings row holds in full (the MOS,
+    # sub-scores, Turing choice, comment of a study without reading sessions) go to
+    # the journal as that rating; any other answer is refused, never lost silently.
+    def record_answers(
+        self,
+        rater: str,
+        study: str,
+        case: str,
+        condition: str,
+        answers: Mapping[str, Any],
+        *,
+        reading_session: str = "",
+        seconds_on_case: float | None = None,
+        legacy: tuple[int, Mapping[str, Any]] | None = None,
+    ) -> int:
+        from .questions import LEGACY_IDS
+
+        # Ratings waiting in the journal go first, so that the server gets them in order.
+        waiting = self._journal is not None and len(self._journal) > 0
+        try:
+            if waiting and not self._drain_or_note():
+                raise _Offline(self._problem)
+            return super().record_answers(
+                rater,
+                study,
+                case,
+                condition,
+                answers,
+                reading_session=reading_session,
+                seconds_on_case=seconds_on_case,
+                legacy=legacy,
+            )
+        except _Offline:
+            pass
+        if legacy is not None and not reading_session and all(k in LEGACY_IDS for k in answers):
+            extra = {**legacy[1], "seconds_on_case": seconds_on_case}
+            return self.record(rater, case, condition, legacy[0], study=study, **extra)
+        raise NeurosynthError(
+            f"the ratings server {self.path} is unreachable ({self._problem}); the answer was NOT saved, "
+            "try again when it is back"
+        )
+
+    def study_definition(self, study: str) -> dict[str, Any] | None:
+        return self._or_unreachable(lambda: super(PostgresRatingStore, self).study_definition(study))
+
+    def answers(
+        self,
+        study: str | None = None,
+        rater: str | None = None,
+        reading_session: str | None = None,
+        history: bool = False,
+    ) -> list[AnswerRow]:
+        """Typed answers; while the server is away, its last answer (the journal holds ratings only)."""
+        key = ("answers", study, rater, reading_session, history)
+        try:
+            rows = super().answers(study=study, rater=rater, reading_session=reading_session, history=history)
+        except _Offline:
+            return cast(list[AnswerRow], self._cache.get(key, []))
+        self._cache[key] = rows
+        return rows
+
+    def audit(
+        self, study: str | None = None, rater: str | None = None, reading_session: str | None = None
+    ) -> list[AuditRow]:
+        key = ("audit", study, rater, reading_session)
+        try:
+            rows = super().audit(study=study, rater=rater, reading_session=reading_session)
+        except _Offline:
+            return cast(list[AuditRow], self._cache.get(key, []))
+        self._cache[key] = rows
+        return rows
+
+    def load_reading_session(self, rater: str, study: str, reading_session: str) -> ReadingSessionRecord | None:
+        return self._or_unreachable(
+            lambda: super(PostgresRatingStore, self).load_reading_session(rater, study, reading_session)
+        )
+
+    def create_reading_session(self, *args: Any, **kwargs: Any) -> ReadingSessionRecord:
+        return self._or_unreachable(lambda: super(PostgresRatingStore, self).create_reading_session(*args, **kwargs))
+
+    def set_reading_position(self, rater: str, study: str, reading_session: str, position: int) -> None:
+        self._or_unreachable(
+            lambda: super(PostgresRatingStore, self).set_reading_position(rater, study, reading_session, position)
+        )
+
+    def end_reading_session(self, *args: Any, **kwargs: Any) -> None:
+        self._or_unreachable(lambda: super(PostgresRatingStore, self).end_reading_session(*args, **kwargs))
 
     def _or_unreachable(self, fn: Callable[[], _T]) -> _T:
         try:

@@ -37,10 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,17 +51,38 @@ import numpy as np
 
 from .atomic import atomic_write_text, is_partial
 from .errors import NeurosynthError
-from .ratings import SUBSCORES, RatingRow, RatingStore
+from .protocol import (
+    AnswerPolicy,
+    HangingImage,
+    HangingProtocol,
+    ReadingSessionSpec,
+    parse_answer_policy,
+    parse_hanging,
+    parse_sessions,
+)
+from .questions import (
+    LEGACY_IDS,
+    Question,
+    default_questions,
+    legacy_rating,
+    parse_questions,
+    questions_to_dicts,
+    validate_answers,
+)
+from .ratings import SUBSCORES, AuditRow, RatingRow, RatingStore
+from .yaml_lines import LinedDict, LinedList, where
 
 __all__ = [
     "DEFAULT_WINDOW",
     "VOLUME_SUFFIXES",
     "Case",
     "ReaderSession",
+    "ShownImage",
     "Study",
     "check_case_files",
     "create_study",
     "load_study",
+    "migrate_study_file",
     "missing_volumes",
     "parse_study_text",
     "presentation_order",
@@ -80,6 +104,23 @@ class Case:
     id: str
     conditions: dict[str, Path]
     references: dict[str, Path] = field(default_factory=dict)
+    #: Ground-truth lesion mask (non-zero = lesion) for localisation questions; all zero = a normal case.
+    lesion_mask: Path | None = None
+
+    def image(self, key: str) -> Path | None:
+        """The path of a reference or condition ``key`` (what a hanging protocol names), or ``None``."""
+        return self.references.get(key, self.conditions.get(key))
+
+
+@dataclass(frozen=True)
+class ShownImage:
+    """One image on the reading screen, in hanging-protocol order (``is_test``: the image being rated)."""
+
+    key: str
+    path: Path
+    preset: str
+    contrast: str | None
+    is_test: bool
 
 
 @dataclass
@@ -104,6 +145,16 @@ class Study:
         Display window in percentiles, applied identically to every condition.
     path : Path or None
         The file the study was read from.
+    typed_questions : tuple of Question
+        The study file's ``questions:`` list; empty for a file from before typed
+        questions, which asks :func:`~napari_neurosynth.questions.default_questions`
+        (see :attr:`questions`).
+    hanging : HangingProtocol or None
+        What hangs beside the test image (``None``: the test image and the case's references).
+    policy : AnswerPolicy
+        Going back and changing answers.
+    sessions : tuple of ReadingSessionSpec
+        Crossover reading sessions, read in this order (empty: one implicit session).
 
     Examples
     --------
@@ -130,6 +181,45 @@ class Study:
     turing: bool = False
     window: tuple[float, float] = DEFAULT_WINDOW
     path: Path | None = None
+    typed_questions: tuple[Question, ...] = ()
+    hanging: HangingProtocol | None = None
+    policy: AnswerPolicy = field(default_factory=AnswerPolicy)
+    sessions: tuple[ReadingSessionSpec, ...] = ()
+
+    @property
+    def questions(self) -> tuple[Question, ...]:
+        """The questions asked of every item (the typed ones, else those of an old-style file)."""
+        return self.typed_questions or default_questions(self.subscores, self.turing)
+
+    @property
+    def is_v2(self) -> bool:
+        """True when the study uses a feature only the typed form of the study file can write."""
+        return bool(
+            self.typed_questions
+            or self.hanging is not None
+            or self.policy != AnswerPolicy()
+            or self.sessions
+            or any(c.lesion_mask is not None for c in self.cases)
+        )
+
+    def session_spec(self, session_id: str) -> ReadingSessionSpec | None:
+        """The reading session ``session_id`` (``None`` for ``""``, the one session of a study without sessions)."""
+        if not session_id:
+            return None
+        for spec in self.sessions:
+            if spec.id == session_id:
+                return spec
+        raise NeurosynthError(
+            f"study {self.id!r} has no reading session {session_id!r} "
+            f"(it has {', '.join(s.id for s in self.sessions) or 'none'})"
+        )
+
+    def items_for(self, session_id: str = "") -> list[tuple[str, str]]:
+        """The (case, condition) items rated in a reading session (all items for ``""``)."""
+        spec = self.session_spec(session_id)
+        if spec is None or spec.conditions is None:
+            return self.items
+        return [item for item in self.items if item[1] in spec.conditions]
 
     @property
     def conditions(self) -> list[str]:
@@ -161,31 +251,58 @@ class Study:
                 f"(it has {', '.join(case.conditions)})"
             )
 
-    def to_dict(self, relative_to: str | os.PathLike | None = None) -> dict[str, Any]:
-        """The definition as plain data (paths relative to ``relative_to`` when given)."""
+    def to_dict(self, relative_to: str | os.PathLike | None = None, form: str = "auto") -> dict[str, Any]:
+        """The definition as plain data (paths relative to ``relative_to`` when given).
+
+        ``form`` is ``"v1"`` (the file form from before typed questions), ``"v2"``
+        (typed questions, ``version: 2``) or ``"auto"``: v2 when the study uses
+        anything v1 cannot say (:attr:`is_v2`), so that old files are written as they were.
+
+        Examples
+        --------
+        >>> study = Study("pilot", [Case("c1", {"acquired": Path("a.nii.gz")})], subscores=("realism",))
+        >>> v2 = study.to_dict(form="v2")
+        >>> v2["version"], [q["id"] for q in v2["questions"]]
+        (2, ['mos', 'realism', 'comment'])
+        >>> study_from_dict(v2).questions == study.questions
+        True
+        """
+        if form not in ("auto", "v1", "v2"):
+            raise ValueError(f"form must be auto, v1 or v2, got {form!r}")
+        v2 = form == "v2" or (form == "auto" and self.is_v2)
 
         def rel(path: Path) -> str:
             if relative_to is None:
                 return str(path)
             return os.path.relpath(path, relative_to)
 
-        return {
-            "study": self.id,
-            "seed": int(self.seed),
-            "blinded": bool(self.blinded),
-            "questions": {"mos": True, "subscores": list(self.subscores), "turing": bool(self.turing)},
-            "display": {"window_percentiles": [float(v) for v in self.window]},
-            "cases": [
-                {
-                    "id": case.id,
-                    "conditions": {k: rel(v) for k, v in case.conditions.items()},
-                    **({"references": {k: rel(v) for k, v in case.references.items()}} if case.references else {}),
-                }
-                for case in self.cases
-            ],
-        }
+        def case_dict(case: Case) -> dict[str, Any]:
+            out: dict[str, Any] = {"id": case.id, "conditions": {k: rel(v) for k, v in case.conditions.items()}}
+            if case.references:
+                out["references"] = {k: rel(v) for k, v in case.references.items()}
+            if case.lesion_mask is not None:
+                out["lesion_mask"] = rel(case.lesion_mask)
+            return out
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+        out: dict[str, Any] = {"study": self.id}
+        if v2:
+            out["version"] = 2
+        out.update(seed=int(self.seed), blinded=bool(self.blinded))
+        if v2:
+            out["questions"] = questions_to_dicts(self.questions)
+            if self.hanging is not None:
+                out["hanging"] = self.hanging.to_dict()
+            if self.policy != AnswerPolicy():
+                out["answers"] = self.policy.to_dict()
+            if self.sessions:
+                out["sessions"] = [spec.to_dict() for spec in self.sessions]
+        else:
+            out["questions"] = {"mos": True, "subscores": list(self.subscores), "turing": bool(self.turing)}
+        out["display"] = {"window_percentiles": [float(v) for v in self.window]}
+        out["cases"] = [case_dict(case) for case in self.cases]
+        return out
+
+    def save(self, path: str | os.PathLike[str], form: str = "auto") -> Path:
         """Write the definition as YAML (``.yaml``/``.yml``) or JSON (other suffixes).
 
         Examples
@@ -202,7 +319,7 @@ class Study:
         ([('sub-01', 'acquired'), ('sub-01', 'model')], True)
         """
         path = Path(path)
-        data = self.to_dict(relative_to=path.parent.resolve())
+        data = self.to_dict(relative_to=path.parent.resolve(), form=form)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.suffix.lower() in (".yaml", ".yml"):
@@ -252,7 +369,7 @@ def study_from_dict(data: object, base: str | os.PathLike[str] = ".", source: st
     >>> study_from_dict({"study": "pilot", "cases": [], "colour": "red"}, source="study.yaml")
     Traceback (most recent call last):
     ...
-    napari_neurosynth.errors.NeurosynthError: study.yaml: unknown key(s) 'colour'; known: blinded, cases, ...
+    napari_neurosynth.errors.NeurosynthError: study.yaml: unknown key(s) 'colour'; known: answers, blinded, ...
     >>> study_from_dict({"study": "pilot", "display": {"window_percentiles": [99, 1]}, "cases": []})
     Traceback (most recent call last):
     ...
@@ -261,7 +378,20 @@ def study_from_dict(data: object, base: str | os.PathLike[str] = ".", source: st
     base = Path(base)
     if not isinstance(data, dict):
         raise NeurosynthError(f"{source}: expected a mapping with keys study, cases, ...; got {type(data).__name__}")
-    known = {"study", "id", "seed", "blinded", "questions", "display", "cases", "description"}
+    known = {
+        "study",
+        "id",
+        "version",
+        "seed",
+        "blinded",
+        "questions",
+        "display",
+        "cases",
+        "description",
+        "hanging",
+        "answers",
+        "sessions",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise NeurosynthError(
@@ -275,7 +405,18 @@ def study_from_dict(data: object, base: str | os.PathLike[str] = ".", source: st
         raise NeurosynthError(f"{source}: 'seed' must be a non-negative integer, got {seed!r}")
     blinded = _as_bool(data.get("blinded", True), "blinded", source)
 
+    version = data.get("version", 1)
+    if version not in (1, 2):
+        raise NeurosynthError(f"{where(source, data, 'version')}: 'version' must be 1 or 2, got {version!r}")
     questions = data.get("questions") or {}
+    typed: tuple[Question, ...] = ()
+    if isinstance(questions, list):  # the typed form; sub-scores and Turing are questions of it
+        typed = parse_questions(questions, source)
+        ids = {q.id: q for q in typed}
+        questions = {
+            "subscores": [s for s in SUBSCORES if s in ids and ids[s].type == "likert"],
+            "turing": "turing" in ids,
+        }
     if not isinstance(questions, dict):
         raise NeurosynthError(f"{source}: 'questions' must be a mapping (mos, subscores, turing)")
     if questions.get("mos", True) is not True:
@@ -305,30 +446,39 @@ def study_from_dict(data: object, base: str | os.PathLike[str] = ".", source: st
     if not isinstance(raw_cases, list) or not raw_cases:
         raise NeurosynthError(f"{source}: 'cases' must be a non-empty list")
     cases: list[Case] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for i, raw in enumerate(raw_cases):
-        where = f"{source}: case #{i + 1}"
+        place = f"{where(source, raw_cases, i)}: case #{i + 1}"
         if not isinstance(raw, dict) or "id" not in raw or "conditions" not in raw:
-            raise NeurosynthError(f"{where} needs 'id' and 'conditions'")
+            raise NeurosynthError(f"{place} needs 'id' and 'conditions'")
         case_id = str(raw["id"]).strip()
         if not case_id:
-            raise NeurosynthError(f"{where}: empty id")
+            raise NeurosynthError(f"{place}: empty id")
         if case_id in seen:
-            raise NeurosynthError(f"{source}: case id {case_id!r} appears twice")
-        seen.add(case_id)
+            raise NeurosynthError(
+                f"{where(source, raw, 'id')}: case id {case_id!r} appears twice (first at {seen[case_id]})"
+            )
+        seen[case_id] = where("", raw, "id").lstrip(", ") or "an earlier case"
         if not isinstance(raw["conditions"], dict) or not raw["conditions"]:
-            raise NeurosynthError(f"{where}: 'conditions' must be a non-empty mapping of condition -> volume path")
-        extra = sorted(set(raw) - {"id", "conditions", "references"})
+            raise NeurosynthError(f"{place}: 'conditions' must be a non-empty mapping of condition -> volume path")
+        extra = sorted(set(raw) - {"id", "conditions", "references", "lesion_mask"})
         if extra:
-            raise NeurosynthError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}")
+            raise NeurosynthError(
+                f"{where(source, raw, extra[0])}: case #{i + 1}: unknown key(s) {', '.join(map(repr, extra))}"
+            )
+        mask = raw.get("lesion_mask")
+        if mask is not None and (not isinstance(mask, (str, os.PathLike)) or not str(mask).strip()):
+            raise NeurosynthError(f"{where(source, raw, 'lesion_mask')}: 'lesion_mask' must be a file path")
+        mask_path = None if mask is None else Path(mask).expanduser()
         cases.append(
             Case(
                 case_id,
                 _paths(raw["conditions"], base, f"{source}: case {case_id!r}", "conditions"),
                 _paths(raw.get("references"), base, f"{source}: case {case_id!r}", "references"),
+                None if mask_path is None else (mask_path if mask_path.is_absolute() else base / mask_path),
             )
         )
-    return Study(
+    study = Study(
         id=str(study_id).strip(),
         cases=cases,
         blinded=blinded,
@@ -336,7 +486,50 @@ def study_from_dict(data: object, base: str | os.PathLike[str] = ".", source: st
         subscores=tuple(subscores),
         turing=turing,
         window=(float(window[0]), float(window[1])),
+        typed_questions=typed,
+        hanging=None if data.get("hanging") is None else parse_hanging(data["hanging"], source),
+        policy=parse_answer_policy(data.get("answers"), source),
     )
+    study.sessions = parse_sessions(data.get("sessions"), study.conditions, source)
+    _check_cross_references(study, data, source)
+    return study
+
+
+def _check_cross_references(study: Study, data: Mapping[str, Any], source: str) -> None:
+    """Refuse hanging images a case lacks and localisation questions without lesion masks, naming the line."""
+    protocols = [(study.hanging, data.get("hanging"))]
+    raw_sessions = data.get("sessions") or []
+    protocols += [(spec.hanging, raw.get("hanging")) for spec, raw in zip(study.sessions, raw_sessions)]
+    for protocol, raw in protocols:
+        if protocol is None:
+            continue
+        raw_images = raw.get("images", []) if isinstance(raw, Mapping) else []
+        for key in protocol.image_keys:
+            index = next(
+                (
+                    i
+                    for i, item in enumerate(raw_images)
+                    if str(item.get("image") if isinstance(item, Mapping) else item).strip() == key
+                ),
+                None,
+            )
+            for case in study.cases:
+                if case.image(key) is None:
+                    raise NeurosynthError(
+                        f"{where(source, raw_images, index)}: hanging image {key!r} is missing from case {case.id!r} "
+                        f"(it has {', '.join([*case.references, *case.conditions])}); add it to the case's references"
+                    )
+    localisation = [i for i, q in enumerate(study.typed_questions) if q.type == "localisation"]
+    if localisation:
+        raw_questions = data.get("questions")
+        without = [c.id for c in study.cases if c.lesion_mask is None]
+        if without:
+            question = study.typed_questions[localisation[0]]
+            shown = ", ".join(without[:3]) + (f" and {len(without) - 3} more" if len(without) > 3 else "")
+            raise NeurosynthError(
+                f"{where(source, raw_questions, localisation[0])}: localisation question {question.id!r} needs a "
+                f"ground-truth 'lesion_mask' in every case; missing in {shown}"
+            )
 
 
 def missing_volumes(study: Study) -> list[Path]:
@@ -350,7 +543,8 @@ def missing_volumes(study: Study) -> list[Path]:
     """
     missing = []
     for case in study.cases:
-        for path in [*case.conditions.values(), *case.references.values()]:
+        masks = [case.lesion_mask] if case.lesion_mask is not None else []
+        for path in [*case.conditions.values(), *case.references.values(), *masks]:
             if not path.exists():
                 missing.append(path)
     return missing
@@ -379,6 +573,24 @@ def _strict_loader() -> type:
                 seen[key] = line
             return cast(dict[Any, Any], super().construct_mapping(node, deep=deep))
 
+    def construct_lined_map(loader: Any, node: Any) -> Any:
+        # Mappings and sequences keep the line of each key/item, so that the checks
+        # of questions, hanging protocols and sessions can name the line (yaml_lines).
+        data = LinedDict()
+        data.line = node.start_mark.line + 1
+        yield data
+        data.update(loader.construct_mapping(node))
+        data.key_lines = {loader.construct_object(k): k.start_mark.line + 1 for k, _ in node.value}
+
+    def construct_lined_seq(loader: Any, node: Any) -> Any:
+        data = LinedList()
+        data.line = node.start_mark.line + 1
+        data.item_lines = [item.start_mark.line + 1 for item in node.value]
+        yield data
+        data.extend(loader.construct_sequence(node))
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:map", construct_lined_map)
+    StrictLoader.add_constructor("tag:yaml.org,2002:seq", construct_lined_seq)
     return StrictLoader
 
 
@@ -428,28 +640,29 @@ def check_case_files(study: Study) -> None:
     for case in study.cases:
         by_file: dict[Path, str] = {}
         first: tuple[str, Any] | None = None
-        for role, mapping in (("condition", case.conditions), ("reference", case.references)):
+        masks = {"lesion_mask": case.lesion_mask} if case.lesion_mask is not None else {}
+        for role, mapping in (("condition", case.conditions), ("reference", case.references), ("truth", masks)):
             for name, path in mapping.items():
-                where = f"case {case.id!r}, {role} {name!r} ({path})"
+                place = f"case {case.id!r}, {role} {name!r} ({path})"
                 key = path.resolve()
                 if key in by_file:
                     raise NeurosynthError(
-                        f"{where} names the same file as {by_file[key]!r}; each image of a case must be its own file"
+                        f"{place} names the same file as {by_file[key]!r}; each image of a case must be its own file"
                     )
                 by_file[key] = name
                 if not path.exists():
-                    raise NeurosynthError(f"{where}: the file does not exist")
+                    raise NeurosynthError(f"{place}: the file does not exist")
                 try:
                     vol = read_volume(path)
                 except NeurosynthError as exc:
-                    raise NeurosynthError(f"{where} cannot be opened: {exc}") from None
+                    raise NeurosynthError(f"{place} cannot be opened: {exc}") from None
                 if role != "condition":
                     continue
                 if first is None:
                     first = (name, vol)
                 elif not same_grid(vol, first[1]):
                     raise NeurosynthError(
-                        f"{where} is on another grid (shape {vol.shape}, spacing "
+                        f"{place} is on another grid (shape {vol.shape}, spacing "
                         f"{', '.join(f'{s:.3g}' for s in vol.spacing)} mm) than condition {first[0]!r} "
                         f"(shape {first[1].shape}); the conditions of a case must share one grid, or the "
                         "difference in resolution unblinds them"
@@ -630,8 +843,8 @@ def create_study(
     )
 
 
-def rater_seed(study: Study, rater: str) -> int:
-    """Seed of one rater's order: a hash of the study seed and rater id.
+def rater_seed(study: Study, rater: str, session: str = "") -> int:
+    """Seed of one rater's order: a hash of the study seed, the rater id and the reading session.
 
     Python's ``hash()`` of a string changes between runs, so a cryptographic hash
     gives the stable value needed to reproduce an order.
@@ -643,12 +856,16 @@ def rater_seed(study: Study, rater: str) -> int:
     (True, False)
     >>> 0 <= rater_seed(study, "dr-a") < 2**63   # fits SQLite's signed 64-bit INTEGER
     True
+    >>> rater_seed(study, "dr-a", "aided") == rater_seed(study, "dr-a", "unaided")   # a new order per session
+    False
     """
-    digest = hashlib.sha256(f"{study.id}\0{study.seed}\0{rater}".encode()).digest()
+    # The implicit session "" keeps the seed of studies from before reading sessions.
+    key = f"{study.id}\0{study.seed}\0{rater}" + (f"\0{session}" if session else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1  # fits SQLite's signed 64-bit INTEGER
 
 
-def presentation_order(study: Study, rater: str) -> list[tuple[str, str]]:
+def presentation_order(study: Study, rater: str, session: str = "") -> list[tuple[str, str]]:
     """The randomized order of (case, condition) items for one rater.
 
     A random permutation, then a pass that moves items so the same case is not
@@ -666,8 +883,9 @@ def presentation_order(study: Study, rater: str) -> list[tuple[str, str]]:
     >>> any(a[0] == b[0] for a, b in zip(order, order[1:]))   # never the same case twice in a row
     False
     """
-    rng = np.random.default_rng(rater_seed(study, rater))
-    items = [study.items[i] for i in rng.permutation(len(study.items))]
+    rng = np.random.default_rng(rater_seed(study, rater, session))
+    pool = study.items_for(session)
+    items = [pool[i] for i in rng.permutation(len(pool))]
     n = len(items)
     for i in range(1, n):
         if items[i][0] != items[i - 1][0]:
@@ -687,10 +905,11 @@ def presentation_order(study: Study, rater: str) -> list[tuple[str, str]]:
 
 
 class ReaderSession:
-    """One rater working through one study.
+    """One rater working through one study (one reading session of it, in a crossover design).
 
     Opening a session for a rater who has one already resumes it: same order,
-    same position. Every move is saved, every rating is recorded at once.
+    same position. Every move is saved, every answer is recorded at once, and every
+    changed answer keeps its old value in the store's audit trail.
 
     Parameters
     ----------
@@ -699,7 +918,21 @@ class ReaderSession:
     store : RatingStore
     clock : callable, optional
         Returns seconds (default :func:`time.monotonic`); time on each item is
-        measured with it.
+        measured with it, and only while the item is on screen (:meth:`pause`).
+    session : str, optional
+        The reading session of a crossover study (default: the first one this rater
+        has not ended). Studies without ``sessions:`` have one implicit session ``""``.
+    now : callable, optional
+        Returns the current time with a time zone (default: UTC now); the washout
+        between reading sessions is checked against it.
+
+    Raises
+    ------
+    NeurosynthError
+        No rater id; a reading session whose washout has not passed since the
+        rater's previous session ended (the message gives the date it opens), or
+        whose previous session is not finished; a study changed in a way that
+        would orphan this rater's answers (an item or question removed).
 
     Examples
     --------
@@ -716,8 +949,8 @@ class ReaderSession:
     >>> row_id = session.rate(4, realism=3)
     >>> session.rating_for()["realism"], session.rate(4, realism=3) == row_id   # same answers: nothing new
     (3, True)
-    >>> session.rating_for()["seconds_on_case"] > 0
-    True
+    >>> session.rating_for()["seconds_on_case"] > 0, session.answers_for()
+    (True, {'mos': 4, 'realism': 3})
     >>> session.record(*session.current, 5, lesion_conspicuity=2)
     Traceback (most recent call last):
     ...
@@ -734,7 +967,14 @@ class ReaderSession:
     """
 
     def __init__(
-        self, study: Study, rater: str, store: RatingStore, clock: Callable[[], float] = time.monotonic
+        self,
+        study: Study,
+        rater: str,
+        store: RatingStore,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        session: str | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         rater = "" if rater is None else str(rater).strip()
         if not rater:
@@ -743,21 +983,159 @@ class ReaderSession:
         self.rater = rater
         self.store = store
         self._clock = clock
+        self._now = now or (lambda: datetime.now(timezone.utc))
         store.register_study(study.id, study.to_dict())
-        stored = store.load_session(rater, study.id)
-        if stored is None:
-            stored = store.create_session(rater, study.id, rater_seed(study, rater), presentation_order(study, rater))
+        self._check_definition_change()
+        self.session_id = self._choose_session(session)
+        self.spec = study.session_spec(self.session_id)
+        items = study.items_for(self.session_id)
+        stored: Mapping[str, Any] | None
+        if self.session_id:
+            stored = store.load_reading_session(rater, study.id, self.session_id)
+            if stored is None:
+                self._check_washout()
+                stored = store.create_reading_session(
+                    rater,
+                    study.id,
+                    self.session_id,
+                    rater_seed(study, rater, self.session_id),
+                    presentation_order(study, rater, self.session_id),
+                )
+        else:
+            stored = store.load_session(rater, study.id)
+            if stored is None:
+                stored = store.create_session(
+                    rater, study.id, rater_seed(study, rater), presentation_order(study, rater)
+                )
         order = cast(list[tuple[str, str]], [tuple(item) for item in stored["order"]])
-        if sorted(order) != sorted(study.items):
+        self.items: list[tuple[str, str]] = self._reconcile(order, items)
+        ended = stored.get("ended_at")
+        self.ended_at: str | None = None if ended is None else str(ended)
+        self.resumed = stored["started_at"] != stored["updated_at"] or self._rated_count() > 0
+        self._position = min(int(stored["position"]), len(self.items) - 1)
+        self._elapsed: dict[tuple[str, str], float] = {}
+        self._running_since: float | None = self._clock()
+
+    # -- reading sessions, washout and study changes -------------------------------------
+    def _choose_session(self, session: str | None) -> str:
+        if session is not None:
+            self.study.session_spec(str(session))  # refuses an unknown one
+            return str(session)
+        for spec in self.study.sessions:
+            record = self.store.load_reading_session(self.rater, self.study.id, spec.id)
+            if record is None or record.get("ended_at") is None:
+                return spec.id
+        return self.study.sessions[-1].id if self.study.sessions else ""
+
+    def _check_washout(self) -> None:
+        """Refuse to start a session before the rater's previous one ended plus the washout."""
+        ids = [s.id for s in self.study.sessions]
+        index = ids.index(self.session_id)
+        if index == 0 or self.spec is None:
+            return
+        previous = self.study.sessions[index - 1]
+        record = self.store.load_reading_session(self.rater, self.study.id, previous.id)
+        if record is None or record.get("ended_at") is None:
             raise NeurosynthError(
-                f"study {study.id!r} changed since rater {rater!r} started it (cases or conditions differ); "
+                f"rater {self.rater!r} must finish reading session {previous.id!r} of study {self.study.id!r} "
+                f"before session {self.session_id!r}"
+            )
+        ended = datetime.fromisoformat(str(record["ended_at"]))
+        opens = ended + self.spec.washout
+        now = self._now()
+        if now < opens:
+            days = self.spec.washout.total_seconds() / 86400
+            raise NeurosynthError(
+                f"reading session {self.session_id!r} of study {self.study.id!r} opens for rater {self.rater!r} on "
+                f"{opens.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC: the washout is {days:g} days after session "
+                f"{previous.id!r} ended ({ended.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC)"
+            )
+
+    def _check_definition_change(self) -> None:
+        """Refuse a study file that dropped questions this store holds answers to."""
+        stored = self.store.study_definition(self.study.id)
+        if not stored:
+            return
+        try:
+            before = study_from_dict(stored, base="/")
+        except NeurosynthError:
+            return  # a definition this version cannot read: nothing to compare
+        removed = [q.id for q in before.questions if q.id not in {q.id for q in self.study.questions}]
+        if not removed:
+            return
+        answered = sorted({a["question"] for a in self.store.answers(study=self.study.id)} & set(removed))
+        if answered:
+            raise NeurosynthError(
+                f"study {self.study.id!r} changed after answers were given: question(s) {', '.join(answered)} "
+                "were removed; put them back or give the changed study a new id"
+            )
+
+    def _reconcile(self, order: list[tuple[str, str]], items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The stored order, checked against the study's items now.
+
+        Items removed from the study are refused (answers to them would be
+        orphaned, and the rater's order would no longer be the one drawn); items
+        added are appended, in this rater's seeded order, with a warning.
+        """
+        wanted = set(items)
+        removed = [item for item in order if item not in wanted]
+        if removed:
+            answered = {(r["case_id"], r["condition"]) for r in self._current_ratings()} | {
+                (a["case_id"], a["condition"]) for a in self._answers()
+            }
+            rated = [item for item in removed if item in answered]
+            shown = ", ".join(f"{c}/{k}" for c, k in (rated or removed)[:3])
+            raise NeurosynthError(
+                f"study {self.study.id!r} changed since rater {self.rater!r} started it (cases or conditions differ): "
+                f"{len(removed)} item(s) removed, {len(rated)} of them rated ({shown}); "
                 "give the changed study a new id"
             )
-        self.items: list[tuple[str, str]] = order
-        self.resumed = stored["started_at"] != stored["updated_at"] or self._rated_count() > 0
-        self._position = min(int(stored["position"]), len(order) - 1)
-        self._elapsed: dict[tuple[str, str], float] = {}
-        self._shown_at = self._clock()
+        added = [item for item in presentation_order(self.study, self.rater, self.session_id) if item not in set(order)]
+        if added:
+            warnings.warn(
+                f"study {self.study.id!r}: {len(added)} item(s) added since rater {self.rater!r} started are "
+                "appended to their order",
+                stacklevel=3,
+            )
+        return order + added
+
+    # -- what the reader sees -----------------------------------------------------------
+    @property
+    def questions(self) -> tuple[Question, ...]:
+        """The questions asked of every item."""
+        return self.study.questions
+
+    @property
+    def policy(self) -> AnswerPolicy:
+        return self.study.policy
+
+    @property
+    def hanging(self) -> HangingProtocol:
+        """The hanging protocol in force: the session's, else the study's, else the test image and its references."""
+        if self.spec is not None and self.spec.hanging is not None:
+            return self.spec.hanging
+        if self.study.hanging is not None:
+            return self.study.hanging
+        keys = list(dict.fromkeys(k for case in self.study.cases for k in case.references))
+        return HangingProtocol(images=(HangingImage("test"), *(HangingImage(k) for k in keys)))
+
+    def shown_images(self, item: tuple[str, str] | None = None) -> list[ShownImage]:
+        """The images of ``item`` (default: on screen) in hanging order, each with its window preset.
+
+        A key the case lacks is left out (possible only for the default protocol;
+        a study file's protocol is checked when it is loaded).
+        """
+        case_id, condition = item or self.current
+        case = self.study.case(case_id)
+        shown = []
+        test_contrast = next((c for c in ("flair", "t2", "t1", "pd") if c in condition.lower()), None)
+        for image in self.hanging.images:
+            path = case.conditions[condition] if image.image == "test" else case.image(image.image)
+            if path is None:
+                continue
+            contrast = image.contrast_for(test_contrast)
+            shown.append(ShownImage(image.image, path, image.preset, contrast, image.image == "test"))
+        return shown
 
     # -- navigation ------------------------------------------------------------------
     @property
@@ -770,14 +1148,25 @@ class ReaderSession:
         """(case id, condition) on screen."""
         return self.items[self._position]
 
+    @property
+    def can_go_back(self) -> bool:
+        """The study lets the reader return to earlier items."""
+        return self.policy.allow_back
+
     def go_to(self, position: int) -> tuple[str, str]:
         """Move to ``position`` (clamped to the study), save it, and return the item."""
         position = max(0, min(int(position), len(self.items) - 1))
+        if position < self._position and not self.policy.allow_back:
+            raise NeurosynthError(f"study {self.study.id!r} does not let readers go back to earlier images")
         if position != self._position:
-            self._stop_timer()
-            self.store.set_position(self.rater, self.study.id, position)
+            self._accumulate()
+            if self.session_id:
+                self.store.set_reading_position(self.rater, self.study.id, self.session_id, position)
+            else:
+                self.store.set_position(self.rater, self.study.id, position)
             self._position = position
-            self._shown_at = self._clock()
+            if self._running_since is not None:
+                self._running_since = self._clock()
         return self.current
 
     def next(self) -> tuple[str, str]:
@@ -789,10 +1178,10 @@ class ReaderSession:
         return self.go_to(self._position - 1)
 
     def first_unrated(self) -> int | None:
-        """Position of the first item without a rating, or ``None`` when all are rated."""
-        rated = {(r["case_id"], r["condition"]) for r in self._current_ratings()}
+        """Position of the first item not done, or ``None`` when all are done."""
+        done = self._done_items()
         for i, item in enumerate(self.items):
-            if item not in rated:
+            if item not in done:
                 return i
         return None
 
@@ -801,33 +1190,186 @@ class ReaderSession:
         return self._position == len(self.items) - 1
 
     # -- time on case ---------------------------------------------------------------------
-    def _stop_timer(self) -> None:
-        item = self.current
-        self._elapsed[item] = self._elapsed.get(item, 0.0) + max(0.0, self._clock() - self._shown_at)
-        self._shown_at = self._clock()
+    def _accumulate(self) -> None:
+        if self._running_since is not None:
+            now = self._clock()
+            item = self.current
+            self._elapsed[item] = self._elapsed.get(item, 0.0) + max(0.0, now - self._running_since)
+            self._running_since = now
+
+    def pause(self) -> None:
+        """Stop the clock of the item on screen (the reading window is hidden or minimised)."""
+        self._accumulate()
+        self._running_since = None
+
+    def resume(self) -> None:
+        """Start the clock again when the item is back on screen."""
+        if self._running_since is None:
+            self._running_since = self._clock()
+
+    @property
+    def paused(self) -> bool:
+        return self._running_since is None
 
     def seconds_on_current(self) -> float:
-        """Seconds spent on the current item in this session, over all visits."""
-        return self._elapsed.get(self.current, 0.0) + max(0.0, self._clock() - self._shown_at)
+        """Seconds the current item has been on screen in this session, over all visits."""
+        running = 0.0 if self._running_since is None else max(0.0, self._clock() - self._running_since)
+        return self._elapsed.get(self.current, 0.0) + running
 
-    # -- ratings ----------------------------------------------------------------------------
+    # -- answers ----------------------------------------------------------------------------
     def _current_ratings(self) -> list[RatingRow]:
         return self.store.ratings(study=self.study.id, rater=self.rater)
 
+    def _answers(self) -> list[Any]:
+        return self.store.answers(study=self.study.id, rater=self.rater, reading_session=self.session_id)
+
+    def _all_answers(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Current answers of every item: typed answers, else (files from before them) the rating's columns."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        rated_at: dict[tuple[str, str], str] = {}
+        if not self.session_id:  # crossover sessions are typed-only: ratings rows have no session
+            for row in self._current_ratings():
+                out[(row["case_id"], row["condition"])] = _rating_answers(row)
+                rated_at[(row["case_id"], row["condition"])] = str(row["created_at"])
+        for answer in self._answers():
+            item = (answer["case_id"], answer["condition"])
+            # A ratings row newer than the typed answer (saved to the server's journal while
+            # it was away, where typed answers cannot go) holds the answer in force.
+            if answer["question"] in LEGACY_IDS and rated_at.get(item, "") > str(answer["created_at"]):
+                continue
+            out.setdefault(item, {})[answer["question"]] = answer["value"]
+        return out
+
+    def answers_for(self, item: tuple[str, str] | None = None) -> dict[str, Any]:
+        """The answers in force for ``item`` (default: on screen), question id -> value."""
+        return dict(self._all_answers().get(item or self.current, {}))
+
+    def _is_done(self, answers: Mapping[str, Any]) -> bool:
+        if not self.study.typed_questions:  # an old-style study: rated once the MOS is given
+            return "mos" in answers
+        return all(q.id in answers for q in self.questions if q.required)
+
+    def _done_items(self) -> set[tuple[str, str]]:
+        return {item for item, answers in self._all_answers().items() if self._is_done(answers)}
+
+    def is_done(self, item: tuple[str, str] | None = None) -> bool:
+        """Every required question of ``item`` (default: on screen) is answered."""
+        return self._is_done(self.answers_for(item))
+
     def _rated_count(self) -> int:
-        items = set(self.study.items)
-        return sum((r["case_id"], r["condition"]) in items for r in self._current_ratings())
+        return len(self._done_items() & set(self.items))
 
     @property
     def n_rated(self) -> int:
-        """Items of the study this rater has rated."""
+        """Items of this session this rater has done."""
         return self._rated_count()
 
     @property
     def progress(self) -> tuple[int, int]:
-        """(items rated, items in the study)."""
+        """(items done, items in this reading session): this rater's own progress."""
         return self._rated_count(), len(self.items)
 
+    def can_edit(self, item: tuple[str, str] | None = None) -> bool:
+        """False when ``item`` is done and the study does not let answers change."""
+        return self.policy.allow_edit or not self.is_done(item)
+
+    def audit(self, item: tuple[str, str] | None = None) -> list[AuditRow]:
+        """The audit trail of this rater's answers to ``item`` (default: on screen), oldest first."""
+        case_id, condition = item or self.current
+        rows = self.store.audit(study=self.study.id, rater=self.rater, reading_session=self.session_id)
+        return [r for r in rows if r["case_id"] == case_id and r["condition"] == condition]
+
+    def answer(self, answers: Mapping[str, Any], *, partial: bool = False, **legacy_extra: Any) -> int:
+        """Answer the item on screen; return the stored row id.
+
+        ``answers`` maps question ids to values (checked by
+        :func:`~napari_neurosynth.questions.validate_answers`; ``None`` or ``""`` clears).
+        Unless ``partial``, every required question must be answered, and a
+        question left out clears an earlier answer to it. The same answers again
+        write nothing and return the same id. A changed answer to a done item is
+        refused when the study does not let answers change.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from napari_neurosynth.questions import Question
+        >>> from napari_neurosynth.protocol import AnswerPolicy
+        >>> from napari_neurosynth.ratings import RatingStore
+        >>> study = Study("p", [Case("c1", {"acquired": Path("a.nii.gz")})], policy=AnswerPolicy(allow_edit=False),
+        ...               typed_questions=(Question("diag", "yes_no", "Diagnostic?"),))
+        >>> store = RatingStore(Path(tempfile.mkdtemp()) / "r.sqlite")
+        >>> session = ReaderSession(study, "dr-a", store)
+        >>> session.answer({"diag": "y"}) > 0, session.progress, session.can_edit()
+        (True, (1, 1), False)
+        >>> session.answer({"diag": "n"})
+        Traceback (most recent call last):
+        ...
+        napari_neurosynth.errors.NeurosynthError: study 'p' does not let answers change once given (image 1)
+        >>> store.close()
+        """
+        case_id, condition = self.current
+        source = f"study {self.study.id!r}, image {self._position + 1}"
+        clean = validate_answers(self.questions, answers, partial=partial, source=source)
+        previous = self.answers_for()
+        cleared = {k for k in answers if k not in clean and k in previous}
+        if not partial:
+            cleared |= {k for k in previous if k not in clean}
+        delta: dict[str, Any] = {k: v for k, v in clean.items() if previous.get(k) != v}
+        delta.update({k: None for k in cleared})
+        if not delta and not legacy_extra.get("metadata"):
+            return self._current_id()
+        if not self.policy.allow_edit and self._is_done(previous) and any(k in previous for k in delta):
+            raise NeurosynthError(
+                f"study {self.study.id!r} does not let answers change once given (image {self._position + 1})"
+            )
+        merged = {k: v for k, v in {**previous, **delta}.items() if v is not None}
+        legacy = None
+        if not self.session_id:
+            rating = legacy_rating(merged)
+            if rating is not None and (
+                any(k in LEGACY_IDS for k in delta) or self.rating_for() is None or legacy_extra
+            ):
+                legacy = (rating[0], {**rating[1], **{k: v for k, v in legacy_extra.items() if v is not None}})
+        seconds = legacy_extra.pop("seconds_on_case", None)
+        if seconds is None:
+            seconds = round(self.seconds_on_current(), 3)
+        row = self.store.record_answers(
+            self.rater,
+            self.study.id,
+            case_id,
+            condition,
+            delta,
+            reading_session=self.session_id,
+            seconds_on_case=seconds,
+            legacy=None
+            if legacy is None
+            else (legacy[0], {k: v for k, v in legacy[1].items() if k != "seconds_on_case"}),
+        )
+        return row or self._current_id()
+
+    def _current_id(self) -> int:
+        if not self.session_id:
+            rating = self.rating_for()
+            if rating is not None:
+                return int(rating["id"])
+        case_id, condition = self.current
+        ids = [a["id"] for a in self._answers() if a["case_id"] == case_id and a["condition"] == condition]
+        return max(ids, default=0)
+
+    def finish(self) -> datetime:
+        """End this reading session (every item done); the washout of the next one counts from now."""
+        left = len(self.items) - self._rated_count()
+        if left:
+            where_ = f"reading session {self.session_id!r}" if self.session_id else "the study"
+            raise NeurosynthError(f"rater {self.rater!r} has {left} image(s) left in {where_}")
+        ended = self._now()
+        if self.session_id:
+            self.store.end_reading_session(self.rater, self.study.id, self.session_id, ended)
+            self.ended_at = ended.astimezone(timezone.utc).isoformat()
+        return ended
+
+    # -- the ratings API from before typed questions --------------------------------------------
     def rating_for(self, item: tuple[str, str] | None = None) -> RatingRow | None:
         """The rating in force for ``item`` (default: the current one), or ``None``."""
         case_id, condition = item or self.current
@@ -849,24 +1391,83 @@ class ReaderSession:
         return self.store.record(self.rater, str(case_id), str(condition), score, study=self.study.id, **extra)
 
     def rate(self, score: int, **extra: Any) -> int:
-        """Rate the item on screen, with the time spent on it; return the row id.
+        """Rate the item on screen (MOS, sub-scores, Turing choice, comment), with the time on it; return the row id.
 
-        Rating an item again with the same answers writes nothing and returns the
+        The ratings API from before typed questions, kept for scripts: the values go
+        through :meth:`answer` as the answers to the questions of those ids. Rating
+        an item again with the same answers writes nothing and returns the
         existing row; different answers add a row that supersedes the old one.
         """
-        case_id, condition = self.current
-        previous = self.rating_for()
         if (
-            previous is not None
-            and previous["score"] == score
-            and all(previous.get(k) == (v if v != "" else None) for k, v in extra.items() if k != "seconds_on_case")
+            isinstance(score, bool)
+            or not isinstance(score, numbers.Real)  # numpy integers and floats too
+            or not float(score).is_integer()
+            or not 1 <= float(score) <= 5
         ):
-            return int(previous["id"])
-        extra.setdefault("seconds_on_case", round(self.seconds_on_current(), 3))
-        return self.record(case_id, condition, score, **extra)
+            raise NeurosynthError(f"score must be an integer from 1 to 5, got {score!r}")
+        unknown = sorted(
+            set(extra) - {*SUBSCORES, "turing_choice", "turing_confidence", "comment", "seconds_on_case", "metadata"}
+        )
+        if unknown:
+            raise NeurosynthError(f"unknown rating field(s) {', '.join(unknown)}")
+        unasked = [k for k in SUBSCORES if extra.get(k) is not None and k not in self.study.subscores]
+        if unasked:
+            raise NeurosynthError(f"study {self.study.id!r} does not ask for {', '.join(unasked)}")
+        if not self.study.turing and (
+            extra.get("turing_choice") is not None or extra.get("turing_confidence") is not None
+        ):
+            raise NeurosynthError(f"study {self.study.id!r} does not ask the real-vs-synthetic question")
+        answers: dict[str, Any] = {"mos": score}
+        answers.update({k: extra[k] for k in SUBSCORES if k in extra})
+        if "turing_choice" in extra:
+            choice = extra["turing_choice"]
+            answers["turing"] = choice.strip().lower() if isinstance(choice, str) else choice
+        if "turing_confidence" in extra:
+            answers["turing_confidence"] = extra["turing_confidence"]
+        if "comment" in extra:
+            answers["comment"] = "" if extra["comment"] is None else str(extra["comment"])
+        legacy_extra = {k: extra[k] for k in ("seconds_on_case", "metadata") if extra.get(k) is not None}
+        return self.answer(answers, partial=True, **legacy_extra)
 
     def paths(self, item: tuple[str, str] | None = None) -> tuple[Path, dict[str, Path]]:
         """Volume path and reference paths of ``item`` (default: the current one)."""
         case_id, condition = item or self.current
         case = self.study.case(case_id)
         return case.conditions[condition], dict(case.references)
+
+
+def _rating_answers(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The answers a ratings row holds, by question id (for stores from before typed answers)."""
+    out: dict[str, Any] = {"mos": row["score"]}
+    out.update({k: row[k] for k in SUBSCORES if row.get(k) is not None})
+    if row.get("turing_choice") is not None:
+        out["turing"] = row["turing_choice"]
+    if row.get("turing_confidence") is not None:
+        out["turing_confidence"] = row["turing_confidence"]
+    if row.get("comment"):
+        out["comment"] = row["comment"]
+    return out
+
+
+def migrate_study_file(source: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False) -> Study:
+    """Write an old-style study file in the typed form (``version: 2``), asking the same questions.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "old.yaml").write_text("study: pilot\\nquestions: {turing: true}\\n"
+    ...                                      "cases:\\n  - id: c1\\n    conditions: {acquired: a.nii.gz}\\n")
+    >>> study = migrate_study_file(folder / "old.yaml", folder / "new.yaml")
+    >>> new = load_study(folder / "new.yaml", check_files=False)
+    >>> [q.id for q in new.questions], new.case("c1").conditions == study.case("c1").conditions
+    (['mos', 'turing', 'turing_confidence', 'comment'], True)
+    """
+    from .atomic import check_output_path
+
+    output = Path(output)
+    check_output_path(output, force=force, inputs=[Path(source)])
+    study = load_study(source, check_files=False)
+    study.save(output, form="v2")
+    return study

@@ -36,6 +36,7 @@ __all__ = [
     "PRESET_NAMES",
     "apply_relative",
     "checkerboard",
+    "hanging_display",
     "drag_window_level",
     "limits_to_window_level",
     "preset_percentiles",
@@ -244,3 +245,44 @@ def checkerboard(first: npt.ArrayLike, second: npt.ArrayLike, tile: int = 8) -> 
         raise ValueError(f"the tile must be at least one voxel, got {tile!r}")
     parity = sum(np.indices(a.shape) // int(tile)) % 2
     return np.where(parity == 0, a, b)
+
+
+def hanging_display(
+    data: npt.ArrayLike,
+    preset: str = "soft",
+    contrast: str | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    blinded: bool = False,
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The array and starting limits of one image of a reader study's hanging protocol.
+
+    The array is :func:`~napari_neurosynth.display.prepare_display`'s (a blinded image
+    rescaled so the study's display window is [0, 1]); the limits are ``preset``'s
+    window of the original values (:func:`preset_window`), carried through the same
+    rescaling. ``soft`` is the study's own display window, so a study without a
+    hanging protocol shows what it always showed.
+
+    Examples
+    --------
+    >>> x = np.zeros((20, 20, 20), np.float32)
+    >>> x[5:15, 5:15, 5] = np.arange(100).reshape(10, 10) + 1
+    >>> shown, limits = hanging_display(x, "soft", blinded=True)
+    >>> limits, float(shown.max()) > 1.0 - 1e-6
+    ((0.0, 1.0), True)
+    >>> shown, limits = hanging_display(x, "wide", blinded=True)
+    >>> [round(v, 3) for v in limits]   # the whole range: a little above the 99.5th percentile
+    [0.0, 1.005]
+    >>> hanging_display(x, "wide")[1]
+    (0.0, 100.0)
+    """
+    from .display import prepare_display
+
+    arr = np.asarray(data)
+    shown, limits = prepare_display(arr, percentiles, blinded)
+    if preset == "soft" and tuple(percentiles) == tuple(preset_percentiles("soft", contrast)):
+        return shown, limits
+    low, high = preset_window(arr, preset, contrast)
+    if blinded:  # the same linear map prepare_display applied to the values
+        w0, w1 = display_window(arr, percentiles=percentiles)
+        low, high = (low - w0) / (w1 - w0), (high - w0) / (w1 - w0)
+    return shown, (float(low), float(high))

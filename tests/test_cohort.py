@@ -8,6 +8,7 @@ while the others finish; the cohort evaluation writes its tables and plot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from napari_neurosynth.cli import main
+from napari_neurosynth.cohort import record_path
 
 MODEL = "t1_to_t2"
 SUBJECTS = [f"sub-{i:02d}" for i in range(6)]
@@ -77,25 +79,49 @@ def cluster():
         yield client
 
 
+def _differences(out: Path, reference: Path) -> str:
+    """The outputs that differ from the reference, with the engine details of both records (for the message)."""
+    mine, ref = _outputs(out), _outputs(reference)
+    lines = []
+    for name in sorted(set(mine) | set(ref)):
+        if mine.get(name) != ref.get(name):
+            info = [json.loads(record_path(d / name).read_text())["inference"] for d in (out, reference)]
+            lines.append(f"{name}: " + " vs reference ".join(
+                f"batch {i['batch_size']} oom {i['oom_retries']} device {i['device']}" for i in info))  # fmt: skip
+    return "; ".join(lines)
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
 def test_two_workers_match_one_process_and_a_rerun_computes_nothing(data, reference, tmp_path, capfd):
     out = tmp_path / "out"
-    args = ["synthesize", "--batch", str(data), "--model", MODEL, "-o", str(out), "--workers", "2", "-q"]
+    args = ["synthesize", "--batch", str(data), "--model", MODEL, "-o", str(out), "--workers", "2"]
     assert main(args) == 0
     stdout, stderr = capfd.readouterr()
     assert "6 computed, 0 skipped, 0 failed" in stdout
     assert "Dask dashboard: http://" in stderr
     workers = [line for line in stderr.splitlines() if line.startswith("worker tcp://")]
     assert len(workers) == 2 and all(line.endswith("runs on cpu") for line in workers)
-    assert _outputs(out) == _outputs(reference)  # bit-identical
+    bar = [line for line in stderr.replace("\r", "\n").splitlines() if "/6 subject" in line]
+    assert bar and "6.0/6 subject" in bar[-1]  # one bar over the six subjects, full at the end
+    assert _outputs(out) == _outputs(reference), _differences(out, reference)  # bit-identical
     record = json.loads((out / "sub-03_t2_synth.json").read_text())
     assert record["model"]["name"] == MODEL and len(record["model"]["sha256"]) == 64
     assert record["Sources"] == [str(data / "sub-03_t1.nii.gz")]
+    assert record["output_sha256"] == hashlib.sha256((out / "sub-03_t2_synth.nii.gz").read_bytes()).hexdigest()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}_t2_synth.{ext}" for s in SUBJECTS for ext in ("nii.gz", "json")
+    )  # no temporary file left
 
-    # the rerun plans everything away: no cluster, nothing computed
-    assert main(args) == 0
+    # the rerun plans everything away: no cluster, nothing computed, no file touched
+    before = _mtimes(out)
+    assert main([*args, "-q"]) == 0
     stdout, stderr = capfd.readouterr()
     assert "0 computed, 6 skipped, 0 failed" in stdout
-    assert "Dask dashboard" not in stderr
+    assert "Dask dashboard" not in stderr and "worker tcp://" not in stderr
+    assert _mtimes(out) == before
 
 
 def test_a_worker_killed_mid_run_is_retried_by_dask(data, reference, cluster, tmp_path):
@@ -121,7 +147,8 @@ def test_a_worker_killed_mid_run_is_retried_by_dask(data, reference, cluster, tm
     assert killed[1] < 6
     assert proc.returncode == 0, stderr
     assert "6 computed, 0 skipped, 0 failed" in stdout
-    assert _outputs(out) == _outputs(reference)
+    assert _outputs(out) == _outputs(reference), _differences(out, reference)
+    assert len(list(out.iterdir())) == 12  # six outputs, six records, no partial file of the killed worker
     cluster.wait_for_workers(2, timeout=60)
     after = set(cluster.run(os.getpid).values())
     assert killed[0] in before and killed[0] not in after  # the nanny started a new worker process
@@ -158,24 +185,119 @@ def test_failing_subjects_are_listed_while_the_others_finish(data, reference, cl
     assert list(loads.values()) == [1, 1]
 
 
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory) -> Path:
+    """The shipped model retrained: the same name and card, other weights (so another sha256)."""
+    import torch
+
+    from napari_neurosynth.bundle import load_model, save_bundle
+
+    model = load_model(MODEL)
+    with torch.no_grad():
+        for param in model.network.parameters():
+            param.mul_(1.01)
+    return save_bundle(model.network, model.card, tmp_path_factory.mktemp("bundle") / MODEL)
+
+
+def test_a_retrained_model_recomputes_and_each_worker_loads_it_once(data, reference, retrained, cluster, tmp_path):
+    from napari_neurosynth.bundle import load_model
+    from napari_neurosynth.cli.synthesize import find_subjects
+    from napari_neurosynth.cohort import plan_synthesis, run_synthesis
+
+    out = _copy(reference, tmp_path / "out")  # the old model's outputs, untouched
+    model = load_model(retrained)
+    sha = model.card["weights"]["sha256"]
+    assert model.name == MODEL and sha != load_model(MODEL).card["weights"]["sha256"]
+    plan = plan_synthesis(find_subjects(str(data), ["t1"]), ["t1"], "t2", out, sha, model_name=model.name)
+    assert sorted(plan.replaced) == SUBJECTS and not plan.skipped and not plan.failures  # no --force needed
+    report = run_synthesis(model, plan, scheduler=cluster.scheduler.address)
+    assert report.summary().startswith("6 computed (6 replacing an older version of the model), 0 skipped, 0 failed")
+    new = _outputs(out)
+    assert sorted(new) == sorted(_outputs(reference)) and all(new[k] != v for k, v in _outputs(reference).items())
+    assert json.loads((out / "sub-05_t2_synth.json").read_text())["model"]["sha256"] == sha
+
+    # six subjects on two workers, the model loaded once on each (a worker plugin, not per task)
+    pids = [r["worker"] for r in report.results]
+    assert len(pids) == 6 and set(pids) == {w["pid"] for w in report.workers.values()}
+    assert [w["loads"] for w in report.workers.values()] == [1, 1]
+
+    # a rerun with the new model computes nothing
+    before = _mtimes(out)
+    again = run_synthesis(model, plan_synthesis(find_subjects(str(data), ["t1"]), ["t1"], "t2", out, sha,
+                                                model_name=model.name))  # fmt: skip
+    assert (again.computed, sorted(again.skipped), again.failures) == ([], SUBJECTS, [])
+    assert _mtimes(out) == before
+
+
 def test_an_output_of_another_model_is_refused_unless_force(data, reference, tmp_path, capfd):
-    out = tmp_path / "out"
-    out.mkdir()
-    for p in reference.iterdir():
-        (out / p.name).write_bytes(p.read_bytes())
+    out = _copy(reference, tmp_path / "out")
     sidecar = out / "sub-02_t2_synth.json"
     record = json.loads(sidecar.read_text())
-    record["model"]["sha256"] = "0" * 64
+    record["model"].update(name="t1_to_t2_other", sha256="0" * 64)
     sidecar.write_text(json.dumps(record))
+    (out / "sub-04_t2_synth.nii.gz").write_bytes((out / "sub-01_t2_synth.nii.gz").read_bytes())  # edited by hand
     args = ["synthesize", "--batch", str(data), "--model", MODEL, "-o", str(out), "-q"]
     assert main(args) == 1
     stdout, stderr = capfd.readouterr()
-    assert "0 computed, 5 skipped, 1 failed" in stdout
-    assert "sub-02: sub-02_t2_synth.nii.gz exists, made by model weights sha256 000000000000" in stderr
-    assert "--force" in stderr
+    assert "0 computed, 4 skipped, 2 failed" in stdout
+    assert "sub-02: sub-02_t2_synth.nii.gz was made by model t1_to_t2_other weights sha256 000000000000" in stderr
+    assert "sub-04: sub-04_t2_synth.nii.gz was changed after it was written" in stderr
+    assert stderr.count("pass --force to replace it") == 2
     assert main([*args, "--force"]) == 0
-    assert "1 computed, 5 skipped, 0 failed" in capfd.readouterr().out
+    assert "2 computed, 4 skipped, 0 failed" in capfd.readouterr().out
     assert _outputs(out) == _outputs(reference)
+
+
+def test_each_local_gpu_worker_sees_its_own_gpu_also_after_a_restart():
+    """The CUDA_VISIBLE_DEVICES path (no dask-cuda): a real cluster, checked on the workers' environment.
+
+    Without a GPU here the devices are only names; the workers still run (on the CPU).
+    """
+    import torch
+
+    from napari_neurosynth.cohort import _worker_device, cohort_client
+
+    with cohort_client(2, gpus=["1", "0"]) as client:
+        env = client.run(lambda: (os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")))
+        assert sorted(v for _, v in env.values()) == ["0", "1"]
+        address, (pid, _) = next(iter(env.items()))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the nanny's new worker process has joined
+            workers = set(client.scheduler_info()["workers"])
+            if len(workers) == 2 and address not in workers:
+                break
+            time.sleep(0.2)
+        now = client.run(lambda: (os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")))
+        assert len(now) == 2 and pid not in {p for p, _ in now.values()}
+        assert sorted(v for _, v in now.values()) == ["0", "1"]  # the restarted worker has its GPU again
+        # what each worker says it runs on: here, without CUDA, the CPU
+        if not torch.cuda.is_available():
+            assert set(client.run(lambda: _worker_device("auto")[1]).values()) == {"cpu"}
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (the CPU path is tested above)"
+)
+def test_cuda_workers_say_which_gpu_they_use(data, tmp_path, capfd):
+    import torch
+
+    out = tmp_path / "out"
+    args = ["synthesize", "--batch", str(data), "--model", MODEL, "-o", str(out), "-q", "--workers", "2"]
+    assert main(args) == 0
+    stdout, stderr = capfd.readouterr()
+    assert "6 computed, 0 skipped, 0 failed" in stdout
+    lines = [line for line in stderr.splitlines() if line.startswith("worker tcp://")]
+    assert len(lines) == min(2, torch.cuda.device_count())
+    assert all("runs on cuda:0 (" in line and "CUDA_VISIBLE_DEVICES=" in line for line in lines)
+    assert len({line.rsplit("CUDA_VISIBLE_DEVICES=", 1)[1] for line in lines}) == len(lines)  # one GPU each
 
 
 def test_cohort_evaluation_tables_summary_and_plot(data, reference, cluster, tmp_path, capfd):

@@ -390,7 +390,7 @@ def test_older_server_schema_is_upgraded(db, tmp_path):
             "INSERT INTO ratings (rater, case_id, condition, score, created_at) VALUES ('a', 'c1', 'm', 2, 'then')"
         )
     with RatingStore(db(), journal=tmp_path / "j.sqlite") as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION
         rows = store.ratings()
         assert [r["score"] for r in rows] == [2] and len(rows[0]["uid"]) == 32
     with _raw(db()) as conn:

@@ -13,7 +13,7 @@ import pytest
 
 from napari_neurosynth.cli import main
 from napari_neurosynth.errors import NeurosynthError
-from napari_neurosynth.ratings import MIGRATIONS, RatingStore
+from napari_neurosynth.ratings import MIGRATIONS, SCHEMA_VERSION, RatingStore
 
 
 def _ratings_file(path: Path) -> Path:
@@ -162,9 +162,12 @@ def test_older_file_is_upgraded_by_a_writer(tmp_path):
     conn.commit()
     conn.close()
     with RatingStore(path) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION
         store.record("a", "c1", "acquired", 5)
         rows = store.ratings(history=True)
         assert [(r["score"], r["is_current"]) for r in rows] == [(4, 0), (5, 1)]
         assert all(r["uid"] and len(r["uid"]) == 32 for r in rows) and rows[0]["uid"] != rows[1]["uid"]
-        assert [v for (v,) in store._conn.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        assert [v for (v,) in store._conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
+            1,
+            SCHEMA_VERSION,
+        ]

@@ -197,7 +197,8 @@ def test_reading_window_reveals_no_condition(make_napari_viewer, qtbot, tmp_path
     texts = [reading.windowTitle(), reading.view.title]
     for layer in reading.view.layers:
         texts += [layer.name, repr(layer.metadata), str(layer.source.path), str(layer.source.reader_plugin)]
-    assert [layer.name for layer in reading.view.layers] == ["Reference: t1", "Image"]
+    # hanging order: the test image, then its references
+    assert [layer.name for layer in reading.view.layers] == ["Image", "Reference: t1"]
     assert tuple(reading.view.dims.order) == (2, 1, 0)  # axial, as a reader expects
     assert not [f"{s!r} in {t!r}" for t in texts for s in secrets if s in t]
     # the user's viewer shows no panel that names layers: only the Reader Study dock stays

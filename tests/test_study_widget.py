@@ -71,7 +71,8 @@ def test_blinded_rating_with_keys_and_resume(make_napari_viewer, qtbot, study_pa
     canvas = viewer.window._qt_viewer.canvas.native  # napari has no public handle on the canvas widget
 
     # blinded: neutral layer names; image and reference shown side by side
-    assert [layer.name for layer in viewer.layers] == ["Reference: t1", "Image"]
+    # hanging order: the test image, then its references
+    assert [layer.name for layer in viewer.layers] == ["Image", "Reference: t1"]
     assert not _leaks(viewer, widget, tmp_path)
     image = viewer.layers["Image"]
     assert image.metadata == {} and image.source.path is None
@@ -86,7 +87,8 @@ def test_blinded_rating_with_keys_and_resume(make_napari_viewer, qtbot, study_pa
     assert widget.score_group.checkedId() == 4
     qtbot.keyClick(canvas, Qt.Key_Return)
     qtbot.waitUntil(lambda: widget.loaded and widget.session.position == 1, timeout=10_000)
-    assert [layer.name for layer in viewer.layers] == ["Reference: t1", "Image"]
+    # hanging order: the test image, then its references
+    assert [layer.name for layer in viewer.layers] == ["Image", "Reference: t1"]
     assert not np.array_equal(viewer.layers["Image"].data, first_data)  # the next volume is on screen
     assert tuple(viewer.layers["Image"].contrast_limits) == (0.0, 1.0)
     assert widget.score_group.checkedId() == -1  # a fresh item starts unanswered
@@ -189,7 +191,7 @@ def test_unblinded_shows_names_and_errors_are_messages(make_napari_viewer, qtbot
     case_id, condition = widget.session.current
     assert widget.item_label.text() == f"Case {case_id} · {condition}"
     assert [layer.name for layer in viewer.layers] == [f"{condition} · {case_id}"]
-    assert widget.subscore_box.isHidden() and widget.turing_box.isHidden()
+    assert list(widget.questions_panel.rows) == ["mos", "comment"]  # no sub-scores, no Turing question
 
     # the database becomes locked by another program: the rating is refused with a
     # message, the choice stays on screen, and it saves once the lock is gone
@@ -226,7 +228,7 @@ def test_other_open_layers_are_hidden_during_a_session(make_napari_viewer, qtbot
     hidden_before = viewer.add_image(np.ones((8, 8, 8), np.float32), name="PD", visible=False)
     widget = _start(viewer, qtbot, study_path, tmp_path / "ratings.sqlite")
     visible = [layer.name for layer in viewer.layers if layer.visible]
-    assert visible == ["Reference: t1", "Image"]
+    assert visible == ["Image", "Reference: t1"]
     widget.stop()
     assert acquired.visible and synthesized.visible and not hidden_before.visible
     assert not viewer_grid(viewer).enabled

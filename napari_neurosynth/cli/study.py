@@ -45,12 +45,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import NeurosynthError
+from .reader_study import add_export_args, add_summary_args, register_migrate_file
 
 if TYPE_CHECKING:
     from ..ratings import RatingStore
+    from ..study_stats import Summary
 
 
 def _db_arg(parser: argparse.ArgumentParser) -> None:
@@ -129,15 +131,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="binomial CI of Turing-test accuracy (default wilson)",
     )
     summary.add_argument("--acquired", default="acquired", help="name of the real condition (default: acquired)")
+    add_summary_args(summary)
     summary.set_defaults(func=_summary)
 
-    export = sub.add_parser("export", help="write ratings to CSV (or JSON), history included")
+    export = sub.add_parser(
+        "export", help="write ratings to CSV (or JSON, or an iMRMC input file), history included; typed answers too"
+    )
     _db_arg(export)
-    export.add_argument("-o", "--output", type=Path, required=True, help="OUT.csv or OUT.json")
+    export.add_argument("-o", "--output", type=Path, help="OUT.csv, OUT.json or OUT.imrmc")
     export.add_argument("--study", help="only this study")
     export.add_argument("--current-only", action="store_true", help="leave out superseded ratings")
     export.add_argument("--force", action="store_true", help="replace an existing output file")
+    add_export_args(export)
     export.set_defaults(func=_export)
+
+    register_migrate_file(sub)
 
     imp = sub.add_parser(
         "import",
@@ -199,47 +207,87 @@ def _create(args: argparse.Namespace) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     from ..study_stats import format_summary, plot_distributions, plot_format, summarize
+    from .reader_study import auc_summary, format_aucs
 
-    if args.plot is not None:
-        from ..atomic import check_output_path
+    for plot in (args.plot, args.auc_plot):
+        if plot is not None:
+            from ..atomic import check_output_path
 
-        plot_format(args.plot)  # an unknown extension or an existing plot is refused before any work
-        check_output_path(args.plot, force=args.force)
+            plot_format(plot)  # an unknown extension or an existing plot is refused before any work
+            check_output_path(plot, force=args.force)
+    if args.auc_plot is not None and args.study_file is None:
+        raise NeurosynthError("--auc-plot needs --study-file STUDY.yaml")
+    aucs = None
     with _open(args) as store:
         if args.study is not None and args.study not in store.studies():
             known = ", ".join(store.studies()) or "none"
             raise NeurosynthError(f"study {args.study!r} has no ratings in {store.path} (studies: {known})")
         rows = store.ratings(study=args.study)
-    result = summarize(rows, ci_method="exact" if args.ci == "clopper-pearson" else "wilson", acquired=args.acquired)
+        if args.study_file is not None:
+            aucs = auc_summary(args, store)
+    result: dict[str, Any]
+    if rows:
+        result = dict(
+            summarize(rows, ci_method="exact" if args.ci == "clopper-pearson" else "wilson", acquired=args.acquired)
+        )
+    elif aucs is not None:  # a study of typed answers only (e.g. localisation without a MOS)
+        result = {"n_ratings": 0}
+    else:
+        result = dict(summarize(rows))  # refuses with its own message
     if args.plot is not None:
         plot_distributions(rows, args.plot)
         result["plot"] = str(args.plot)
+    if aucs is not None:
+        result["auc"] = {task: {m: r.to_dict() for m, r in res.items()} for task, res in aucs.items()}
+        if args.auc_plot is not None:
+            from ..reader_stats import plot_auc
+
+            titles = {"turing": "Real vs synthetic", "lroc": "Localisation"}
+            plot_auc({titles[t]: res for t, res in aucs.items()}, args.auc_plot)
+            result["auc_plot"] = str(args.auc_plot)
     if args.json:
         from ..export import dumps_json
 
         print(dumps_json(result))
     else:
-        print(format_summary(result))
-        if args.plot is not None:
-            print(f"plot: {args.plot}")
+        if rows:
+            print(format_summary(cast("Summary", result)))
+        if aucs is not None:
+            print(format_aucs(aucs))
+        for name in ("plot", "auc_plot"):
+            if name in result:
+                print(f"{name.replace('_', ' ')}: {result[name]}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from ..atomic import check_output_path
+    from .reader_study import export_format, wanted_outputs, write_imrmc_export, write_tables
 
     db = args.db if isinstance(args.db, Path) else None
-    check_output_path(args.output, force=args.force, inputs=[db] if db is not None else [])
+    outputs = ([args.output] if args.output is not None else []) + wanted_outputs(args)
+    if not outputs:
+        raise NeurosynthError("give -o OUT (and/or --answers, --audit, --marks, --lesions, --cases OUT.csv)")
+    inputs = [p for p in (db, args.study_file) if p is not None]
+    for out in outputs:  # every output is checked before anything is written
+        check_output_path(out, force=args.force, inputs=inputs)
     with _open(args) as store:
-        if args.output.suffix.lower() == ".json":
-            from ..export import write_json
+        if args.output is not None:
+            fmt = export_format(args)
+            if fmt == "imrmc":
+                n = write_imrmc_export(args, store)
+                print(f"wrote {n} scores to {args.output} (iMRMC input file)")
+            elif fmt == "json":
+                from ..export import write_json
 
-            rows = store.ratings(study=args.study, history=not args.current_only)
-            write_json(rows, args.output)
-            n = len(rows)
-        else:
-            n = store.export_csv(args.output, study=args.study, history=not args.current_only)
-    print(f"wrote {n} ratings to {args.output}")
+                rows = store.ratings(study=args.study, history=not args.current_only)
+                write_json(rows, args.output)
+                print(f"wrote {len(rows)} ratings to {args.output}")
+            else:
+                n = store.export_csv(args.output, study=args.study, history=not args.current_only)
+                print(f"wrote {n} ratings to {args.output}")
+        for message in write_tables(args, store):
+            print(message)
     return 0
 
 

@@ -25,8 +25,9 @@ Batch sources:
 Outputs are written as ``OUT_DIR/<subject>_<output>_synth.nii.gz`` (``_synth`` keeps
 them apart from acquired images, also when OUT_DIR is the input folder), each with a
 ``<subject>_<output>_synth.json`` sidecar recording the model's sha256. A rerun skips
-subjects whose output this model made; an output made by another model (or without a
-record) is refused unless ``--force``. ``--workers N`` spreads the subjects over a
+subjects whose output this model made and recomputes those an older version of it (same
+name, other weights) made; an output made by another model, changed since, or without a
+record is refused unless ``--force``. ``--workers N`` spreads the subjects over a
 local Dask cluster, ``--scheduler tcp://HOST:PORT`` over a running one
 (:mod:`napari_neurosynth.cohort`, docs/scale.md)::
 
@@ -320,7 +321,13 @@ def _run_batch(model: Model, modalities: list[str], out: Path, args: argparse.Na
     if args.threads < 1:
         raise NeurosynthError(f"--threads must be at least 1, not {args.threads}")
     plan = plan_synthesis(
-        subjects, modalities, model.output, out, model.card["weights"]["sha256"], force=bool(args.force)
+        subjects,
+        modalities,
+        model.output,
+        out,
+        model.card["weights"]["sha256"],
+        force=bool(args.force),
+        model_name=model.name,
     )
     if plan.tasks:
         try:

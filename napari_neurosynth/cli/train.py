@@ -103,6 +103,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--context", type=int, default=None, help="neighbour slices each side (2.5-D); default 1, 0 for unpaired"
     )
+    p.add_argument(
+        "--dims",
+        type=int,
+        choices=[2, 3],
+        default=2,
+        help="2: slice models (2.5-D with --context); 3: a MONAI BasicUNet on --patch^3 cubes, run with "
+        "sliding-window inference (paired mode; --arch-args base=8 or BasicUNet's own arguments)",
+    )
     p.add_argument("--patch", type=int, default=64, help="patch edge in pixels")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--epochs", type=int, default=10)
@@ -185,7 +193,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--device",
         default="auto",
-        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; only CPU runs are bit-reproducible",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; only CPU runs are bit-reproducible. "
+        "Under torchrun each process takes cuda:LOCAL_RANK (docs/scale.md, 'Training on several GPUs')",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="training precision (default fp32): bf16 or fp16 autocast, fp16 with gradient scaling; fp16 needs a GPU",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: bf16 on GPUs that have it, else fp16; on the CPU it falls back to fp32",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in the -o folder")
@@ -239,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import parse_resolution
     from ..preprocessing import DEFAULT_NORMALIZATION
     from ..training import TrainConfig, Trainer, command_line, export_bundle
+    from ..training.distributed import setup_distributed
 
     out = Path(args.out).expanduser()
     if (out / "card.json").exists() and not args.force:
@@ -246,9 +267,18 @@ def run(args: argparse.Namespace) -> int:
         raise NeurosynthError(f"{out} already holds a model bundle; pass --force to replace it, or choose another -o")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.amp and args.precision:
+        raise NeurosynthError("give --amp or --precision, not both")
     mode = args.mode
     arch = args.arch or ("mcsr" if mode == "mcsr" else "fusion" if len(args.inputs) > 1 else "resnet")
     context = args.context if args.context is not None else (0 if mode == "unpaired" else 1)
+    arch_text = args.arch_args if args.arch_args is not None else _ARCH_DEFAULTS[arch]
+    if args.dims == 3:
+        if args.arch is not None:
+            raise NeurosynthError("--dims 3 trains a MONAI BasicUNet; leave out --arch (size it with --arch-args)")
+        # the 3-D generator is MONAI's BasicUNet (training/patch3d.py), no 2.5-D context
+        arch, context = "BasicUNet", args.context if args.context is not None else 0
+        arch_text = args.arch_args if args.arch_args is not None else "base=8"
     cfg = TrainConfig(
         mode=mode,
         name=args.name,
@@ -258,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         val_data=args.val_data,
         resolution=[parse_resolution(r) for r in args.resolution],
         architecture=arch,
-        arch_args=_arch_args(args.arch_args if args.arch_args is not None else _ARCH_DEFAULTS[arch]),
+        arch_args=_arch_args(arch_text),
         context=context,
         patch=args.patch,
         batch=args.batch,
@@ -282,14 +312,25 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         randomize=args.randomize,
         flips=args.flips,
+        dims=args.dims,
+        precision="auto" if args.amp else (args.precision or "fp32"),
         normalization=(
             dict(DEFAULT_NORMALIZATION)
             if args.normalization == "central_median"
             else {"method": "percentile", "percentile": 99.5, "foreground_fraction": 0.1}
         ),
     )
-    trainer = Trainer(cfg)
-    trainer.fit(args.checkpoint_dir, resume=args.resume, progress=not args.no_progress)
+    cfg.check()  # bad options fail before any process group is set up
+    # under torchrun: join the other processes (the batch is checked before anything starts)
+    dist = setup_distributed(args.device, args.batch)
+    try:
+        trainer = Trainer(cfg, dist=dist)
+        trainer.fit(args.checkpoint_dir, resume=args.resume, progress=not args.no_progress)
+        dist.barrier()  # every rank has finished its last step and rank 0 its last checkpoint
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return 0  # rank 0 alone exports (and evaluates) the bundle, after the group is gone
     argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("neurosynth") else ["train", *_reconstruct(args)]
     folder = export_bundle(
         trainer,

@@ -7,7 +7,8 @@ One module per role:
 - :mod:`.checkpoints`: pickle-free checkpoints for ``--resume``;
 - :mod:`.validation`: per-epoch validation on validation subjects;
 - :mod:`.heldout`: held-out metrics against the baselines, and the evaluation grid of the cards;
-- :mod:`.export`: the card and the bundle folder.
+- :mod:`.export`: the card and the bundle folder;
+- :mod:`.distributed`: several processes under ``torchrun`` (DDP) and mixed precision.
 """
 
 from .checkpoints import load_checkpoint, save_checkpoint

@@ -79,6 +79,10 @@ class TrainConfig:
     device: str = "cpu"
     randomize: bool = False
     flips: bool = False
+    #: 2: slice models (2.5-D with ``context``); 3: a MONAI 3-D network on ``patch^3`` cubes (:mod:`.patch3d`).
+    dims: int = 2
+    #: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (``--amp``); see :mod:`.distributed`.
+    precision: str = "fp32"
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -98,6 +102,12 @@ class TrainConfig:
             raise NeurosynthError("--pool-size cannot be negative")
         if self.disc_blur < 0 or self.cycle_blur < 0:
             raise NeurosynthError("--disc-blur and --cycle-blur are Gaussian sigmas in pixels and cannot be negative")
+        if self.dims not in (2, 3):
+            raise NeurosynthError("--dims is 2 (slice models, 2.5-D with --context) or 3 (3-D patch models)")
+        if self.dims == 3 and (self.mode != "paired" or self.context != 0):
+            raise NeurosynthError("--dims 3 trains paired 3-D patch models: use --mode paired and --context 0")
+        if str(self.precision).lower() not in ("fp32", "bf16", "fp16", "auto"):
+            raise NeurosynthError(f"unknown --precision {self.precision!r}; use fp32, bf16 or fp16 (or --amp)")
         if self.patch % 4:
             raise NeurosynthError("--patch must be a multiple of 4 (the generators downsample by 4)")
 

@@ -80,8 +80,11 @@ def training_card(trainer: Trainer, command: str | None = None) -> dict:
         "resolution": [list(r) if isinstance(r, tuple) else r for r in cfg.resolution],
         "randomize": bool(cfg.randomize),
         "flips": bool(cfg.flips),
+        "dims": cfg.dims,
         "validation": cfg.val_data or ("phantom:900" if cfg.data.startswith("phantom:") else None),
         "device": str(trainer.device) + ("" if trainer.device.type == "cpu" else " (not bit-reproducible)"),
+        "precision": getattr(trainer, "precision", "fp32"),
+        "processes": trainer.dist.world_size,  # --batch is the global batch, shared among them
     }
     card: dict[str, Any] = {
         "name": cfg.name,
@@ -91,7 +94,7 @@ def training_card(trainer: Trainer, command: str | None = None) -> dict:
         "output": cfg.output,
         "architecture": dict(getattr(trainer.generator, "architecture", {})),
         "normalization": dict(cfg.normalization),
-        "slicing": {"plane": cfg.plane, "context": cfg.context},
+        "slicing": _slicing(cfg),
         "training": {
             "data": data,
             "command": command or "",
@@ -104,6 +107,15 @@ def training_card(trainer: Trainer, command: str | None = None) -> dict:
         card["trained_on"] = "phantom"
         card["training"]["phantom_only"] = True
     return card
+
+
+def _slicing(cfg) -> dict[str, Any]:
+    """The card's ``slicing``: plane and 2.5-D context, or a 3-D model's patch size and overlap."""
+    if cfg.dims == 3:
+        from .patch3d import slicing_card
+
+        return slicing_card(cfg.patch, cfg.plane)
+    return {"plane": cfg.plane, "context": cfg.context}
 
 
 def _res(r) -> str:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,11 +45,16 @@ from ..errors import NeurosynthError
 from ..networks import build_network
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import Distributed, autocast, grad_scaler, training_precision
 from .validation import validate
 
 
 def build_generator(cfg: TrainConfig, reverse: bool = False) -> nn.Module:
     """The generator for ``cfg`` with its channel counts filled in from inputs and context."""
+    if cfg.dims == 3:
+        from .patch3d import build_generator_3d
+
+        return build_generator_3d(cfg.inputs, cfg.arch_args, cfg.patch)
     per = 2 * cfg.context + 1
     args = dict(cfg.arch_args)
     if reverse:  # CycleGAN B -> A: same architecture, one input
@@ -133,15 +139,32 @@ class Trainer:
     >>> history = Trainer(cfg).fit()  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: TrainConfig, subjects=None, val_subjects=None, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        subjects=None,
+        val_subjects=None,
+        log: Callable[[str], None] | None = None,
+        dist: Distributed | None = None,
+    ):
         cfg.check()
         self.cfg = cfg
+        #: This process's place in a ``torchrun`` run (:mod:`.distributed`); one process by default.
+        self.dist = dist or Distributed()
+        self.dist.local_batch(cfg.batch)  # --batch is global: refuse one the processes cannot share evenly
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self._load_data(subjects, val_subjects)
-        self.rng = np.random.default_rng(cfg.seed)
+        if not self.dist.is_main:  # rank 0 speaks for the run
+            self.log = lambda msg: None
         from ..inference import resolve_device
 
-        self.device = resolve_device(cfg.device)
+        # device and precision first: a bad choice fails before the data are loaded
+        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg.device)
+        self.precision = training_precision(cfg.precision, self.device)
+        if cfg.precision == "auto" and self.precision == "fp32":
+            self.log("--amp on the CPU: training in fp32 (mixed precision pays only on a GPU)")
+        self.scaler = grad_scaler(self.precision, self.device)
+        self._load_data(subjects, val_subjects)
+        self.rng = np.random.default_rng(cfg.seed)
         _seed_everything(cfg.seed, self.device)
         self.G = build_generator(cfg).to(self.device)
         self._check_extent()
@@ -150,6 +173,8 @@ class Trainer:
             self._build_unpaired()
         else:
             self._build_paired()
+        #: The networks the steps run: the same modules, each wrapped in DDP under torchrun.
+        self.fwd: dict[str, nn.Module] = {k: self.dist.wrap(v, self.log) for k, v in self.nets.items()}
         self.G_ema = None
         if cfg.ema:
             # Exponential moving average of the generator's weights (Yazici et al. 2019): GAN
@@ -177,6 +202,11 @@ class Trainer:
         from ..slicing import size_divisor
 
         divisor = size_divisor(self.G)
+        if self.cfg.dims == 3:
+            from .patch3d import check_extent
+
+            check_extent([*self.train_subjects, *self.val_subjects], self.cfg.patch, divisor, self.cfg.name)
+            return
         for subj in [*self.train_subjects, *self.val_subjects]:
             shape = next(iter(subj.arrays.values())).shape  # (slices, H, W) after prepare()
             check_slice_extent(shape, 0, divisor, f"subject {subj.name!r}", self.cfg.name)
@@ -193,21 +223,34 @@ class Trainer:
             val_subjects = load_subjects(
                 val_source, mods, cfg.resolution[0] if cfg.resolution else 2.0, randomize=cfg.randomize
             )
-        self.train_subjects = [prepare(s, mods, cfg.normalization, cfg.plane) for s in subjects]
-        self.val_subjects = [prepare(s, mods, cfg.normalization, cfg.plane) for s in (val_subjects or [])]
+        prep: Callable[..., Any] = prepare
+        if cfg.dims == 3:  # volumes in array order, as the engine's sliding window sees them
+            from .patch3d import prepare_volume as prep
+        self.train_subjects: list[Any] = [prep(s, mods, cfg.normalization, cfg.plane) for s in subjects]
+        self.val_subjects: list[Any] = [prep(s, mods, cfg.normalization, cfg.plane) for s in (val_subjects or [])]
 
     def _build_paired(self) -> None:
         """Paired and MCSR: one conditional PatchGAN that sees the input channels beside the target."""
         cfg = self.cfg
         per = 2 * cfg.context + 1
         betas = (cfg.beta1, 0.999)
-        self.D = build_network(
-            "patchgan", in_channels=per * len(cfg.inputs) + 1, base=cfg.disc_base, n_layers=cfg.disc_layers
-        ).to(self.device)
+        self.D: nn.Module
+        self.sampler: Any  # SliceSampler, or PatchSampler3d for --dims 3
+        if cfg.dims == 3:
+            from .patch3d import PatchGAN3d, PatchSampler3d
+
+            self.D = PatchGAN3d(len(cfg.inputs) + 1, cfg.disc_base, cfg.disc_layers).to(self.device)
+            self.sampler = PatchSampler3d(
+                self.train_subjects, cfg.inputs, cfg.output, cfg.patch, self.rng, flips=cfg.flips
+            )
+        else:
+            self.D = build_network(
+                "patchgan", in_channels=per * len(cfg.inputs) + 1, base=cfg.disc_base, n_layers=cfg.disc_layers
+            ).to(self.device)
+            self.sampler = SliceSampler(
+                self.train_subjects, cfg.inputs, cfg.output, cfg.context, cfg.patch, self.rng, flips=cfg.flips
+            )
         self.nets["D"] = self.D
-        self.sampler = SliceSampler(
-            self.train_subjects, cfg.inputs, cfg.output, cfg.context, cfg.patch, self.rng, flips=cfg.flips
-        )
         self.opts = {
             "G": torch.optim.Adam(self.G.parameters(), cfg.lr, betas),
             "D": torch.optim.Adam(self.D.parameters(), cfg.lr, betas),
@@ -262,55 +305,69 @@ class Trainer:
 
     def _paired_step(self) -> dict:
         cfg = self.cfg
-        xs, ys, _ = self.sampler.batch(cfg.batch)
+        # every rank draws the global batch (one seeded stream) and trains on its share
+        xs, ys = self.dist.share(self.sampler.batch(cfg.batch))[:2]
         assert ys is not None  # a paired sampler always has a target
         x, y = torch.from_numpy(xs).to(self.device), torch.from_numpy(ys).to(self.device)
-        fake = self.G(x)
+        G, D, amp, scaler = self.fwd["G"], self.fwd["D"], self._autocast, self.scaler
+        with amp():
+            fake = G(x)
         # discriminator: real pairs -> 1, synthesized pairs -> 0
         self.opts["D"].zero_grad()
-        d_loss = L.lsgan_discriminator_loss(self.D(torch.cat([x, y], 1)), self.D(torch.cat([x, fake.detach()], 1)))
-        d_loss.backward()
-        self.opts["D"].step()
+        with amp():
+            d_loss = L.lsgan_discriminator_loss(D(torch.cat([x, y], 1)), D(torch.cat([x, fake.detach()], 1)))
+        scaler.scale(d_loss).backward()
+        scaler.step(self.opts["D"])
         # generator: fool D, stay close to the target
         self.opts["G"].zero_grad()
-        adv = L.lsgan_generator_loss(self.D(torch.cat([x, fake], 1)))
-        l1 = L.l1_loss(fake, y)
-        g_loss = cfg.lambda_l1 * l1 + cfg.lambda_adv * adv
+        with amp():
+            adv = L.lsgan_generator_loss(D(torch.cat([x, fake], 1)))
+            l1 = L.l1_loss(fake, y)
+            g_loss = cfg.lambda_l1 * l1 + cfg.lambda_adv * adv
+            if cfg.lambda_gdl:
+                gdl = L.gradient_difference_loss(fake, y)
+                g_loss = g_loss + cfg.lambda_gdl * gdl
         out = {"l1": l1.item(), "adv": adv.item(), "d": d_loss.item()}
         if cfg.lambda_gdl:
-            gdl = L.gradient_difference_loss(fake, y)
-            g_loss = g_loss + cfg.lambda_gdl * gdl
             out["gdl"] = gdl.item()
-        g_loss.backward()
-        self.opts["G"].step()
+        scaler.scale(g_loss).backward()
+        scaler.step(self.opts["G"])
         out["g"] = g_loss.item()
         return out
 
     def _unpaired_step(self) -> dict:
         cfg = self.cfg
-        a = torch.from_numpy(self.sampler_a.batch(cfg.batch)[0]).to(self.device)
-        b = torch.from_numpy(self.sampler_b.batch(cfg.batch)[0]).to(self.device)
+        share = self.dist.share  # each rank's part of the global batch (see _paired_step)
+        a = torch.from_numpy(share(self.sampler_a.batch(cfg.batch))[0]).to(self.device)
+        b = torch.from_numpy(share(self.sampler_b.batch(cfg.batch))[0]).to(self.device)
+        G, F, DA, DB = (self.fwd[k] for k in ("G", "F", "DA", "DB"))
+        amp, scaler = self._autocast, self.scaler
         dlp, clp = self.disc_low_pass, self.cycle_low_pass  # identity unless --disc-blur / --cycle-blur
         self.opts["G"].zero_grad()
-        fake_b, fake_a = self.G(a), self.F(b)
-        adv = L.lsgan_generator_loss(self.DB(dlp(fake_b))) + L.lsgan_generator_loss(self.DA(dlp(fake_a)))
-        cyc = L.cycle_loss(clp(self.F(fake_b)), clp(a), clp(self.G(fake_a)), clp(b))
-        g_loss = cfg.lambda_adv * adv + cfg.lambda_cycle * cyc
-        idt = torch.zeros((), device=self.device)
-        if cfg.lambda_identity:
-            # identity (Zhu et al.'s colour-preservation term) pulls G towards copying its input,
-            # the worst answer for an inverted contrast such as T1 -> T2; skipped when its weight is 0
-            idt = L.identity_loss(self.G(b), b) + L.identity_loss(self.F(a), a)
-            g_loss = g_loss + cfg.lambda_identity * idt
-        g_loss.backward()
-        self.opts["G"].step()
+        with amp():
+            fake_b, fake_a = G(a), F(b)
+            adv = L.lsgan_generator_loss(DB(dlp(fake_b))) + L.lsgan_generator_loss(DA(dlp(fake_a)))
+            cyc = L.cycle_loss(clp(F(fake_b)), clp(a), clp(G(fake_a)), clp(b))
+            g_loss = cfg.lambda_adv * adv + cfg.lambda_cycle * cyc
+            idt = torch.zeros((), device=self.device)
+            if cfg.lambda_identity:
+                # identity (Zhu et al.'s colour-preservation term) pulls G towards copying its input,
+                # the worst answer for an inverted contrast such as T1 -> T2; skipped when its weight is 0
+                idt = L.identity_loss(G(b), b) + L.identity_loss(F(a), a)
+                g_loss = g_loss + cfg.lambda_identity * idt
+        scaler.scale(g_loss).backward()
+        scaler.step(self.opts["G"])
         self.opts["D"].zero_grad()
-        old_b, old_a = self.pool_b.query(fake_b), self.pool_a.query(fake_a)  # detached
-        d_loss = L.lsgan_discriminator_loss(self.DB(dlp(b)), self.DB(dlp(old_b))) + L.lsgan_discriminator_loss(
-            self.DA(dlp(a)), self.DA(dlp(old_a))
-        )
-        d_loss.backward()
-        self.opts["D"].step()
+        # the pools draw image by image over the global batch, as one process would (fp32, detached)
+        gather = self.dist.gather
+        old_b = share(self.pool_b.query(gather(fake_b.detach().float())))
+        old_a = share(self.pool_a.query(gather(fake_a.detach().float())))
+        with amp():
+            d_loss = L.lsgan_discriminator_loss(DB(dlp(b)), DB(dlp(old_b))) + L.lsgan_discriminator_loss(
+                DA(dlp(a)), DA(dlp(old_a))
+            )
+        scaler.scale(d_loss).backward()
+        scaler.step(self.opts["D"])
         return {"g": g_loss.item(), "cycle": cyc.item(), "identity": idt.item(), "adv": adv.item(), "d": d_loss.item()}
 
     def lr_at(self, epoch: int) -> float:
@@ -324,10 +381,15 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimisation step (generator(s) and discriminator(s)); returns the losses."""
         out = self._unpaired_step() if self.cfg.mode == "unpaired" else self._paired_step()
+        self.scaler.update()  # once per step, after both optimisers (torch's AMP recipe for several)
         if self.G_ema is not None:
             self.G_ema.update_parameters(self.G)
         self.step += 1
         return out
+
+    def _autocast(self):
+        """Forward passes and losses in the run's precision (:func:`.distributed.autocast`)."""
+        return autocast(self.precision, self.device)
 
     # ---- checkpoints
 
@@ -339,6 +401,8 @@ class Trainer:
             "config": asdict(self.cfg),
             "rng.numpy": self.rng.bit_generator.state,
         }
+        if self.scaler.is_enabled():
+            meta["grad_scaler"] = self.scaler.state_dict()  # the fp16 loss scale reached so far
         extra = {}
         if self.best is not None:
             meta["best"] = {"val_psnr": self.best["val_psnr"], "epoch": self.best["epoch"]}
@@ -360,6 +424,7 @@ class Trainer:
             "architecture",
             "arch_args",
             "context",
+            "dims",
             "seed",
             "disc_base",
             "disc_layers",
@@ -374,6 +439,8 @@ class Trainer:
             self.pool_a.restore(meta["extra_tensors"].get("pool_a"), self.device)
             self.pool_b.restore(meta["extra_tensors"].get("pool_b"), self.device)
         self.step, self.epoch, self.history = meta["step"], meta["epoch"], meta["history"]
+        if meta.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(meta["grad_scaler"])
         if meta.get("best"):
             state = {k[len("best.") :]: v for k, v in meta["extra_tensors"].items() if k.startswith("best.")}
             self.best = {**meta["best"], "state": state}
@@ -417,7 +484,7 @@ class Trainer:
                 range(cfg.steps_per_epoch),
                 desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                 leave=False,
-                disable=not progress,
+                disable=not (progress and self.dist.is_main),
                 file=sys.stderr,
             )
             for _ in bar:
@@ -431,14 +498,21 @@ class Trainer:
                 "lr": self.lr_at(self.epoch),
                 **{k: v / cfg.steps_per_epoch for k, v in sums.items()},
             }
-            if self.val_subjects:
-                val = validate(self.generator, self.val_subjects, cfg.inputs, cfg.output, cfg.context)
+            # rank 0 validates, checkpoints and remembers the best weights; the other ranks hold the
+            # same weights and meet it again at the next step's all-reduce
+            if self.val_subjects and self.dist.is_main:
+                if cfg.dims == 3:
+                    from .patch3d import validate_3d
+
+                    val = validate_3d(self.generator, self.val_subjects, cfg.inputs, cfg.output, cfg.patch)
+                else:
+                    val = validate(self.generator, self.val_subjects, cfg.inputs, cfg.output, cfg.context)
                 row.update({f"val_{k}": v for k, v in val.items()})
             row["seconds"] = round(time.perf_counter() - t0, 2)
             self.history.append(row)
             self._remember_if_best(row)
             self.log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            if ckpt is not None:
+            if ckpt is not None and self.dist.is_main:
                 self.epoch += 1  # saved state = "epochs completed"
                 self.save_checkpoint(ckpt)
                 self.epoch -= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,10 @@ class LayerCombo(QComboBox):
         self._optional = optional
         self._prefer = prefer
         self._user_chose = False
+        # The layer the user chose, by object: a layer that leaves the list for a
+        # while (the Reader Study takes the user's layers out during a blinded
+        # session) or is renamed is chosen again when it is back.
+        self._chosen: weakref.ref | None = None
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(8)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
@@ -137,6 +142,7 @@ class LayerCombo(QComboBox):
             raise NeurosynthError(f"No layer named {name!r} is offered here")
         self.setCurrentIndex(idx)
         self._user_chose = True
+        self._remember_choice()
 
     def set_prefer(self, prefer: Callable[[Any], float] | None) -> None:
         """Change the preference rule and re-apply it if the user has not chosen."""
@@ -160,7 +166,10 @@ class LayerCombo(QComboBox):
         self.clear()
         self.addItems(names)
         choice = None
-        if self._user_chose and current in names:
+        chosen = self._chosen() if self._chosen is not None else None
+        if self._user_chose and chosen is not None and any(lay is chosen for lay in layers):
+            choice = chosen.name
+        elif self._user_chose and current in names:
             choice = current
         elif self._prefer is not None and layers:
             # highest score wins; ties go to the first layer in the list
@@ -180,6 +189,11 @@ class LayerCombo(QComboBox):
     # -- internals
     def _on_user_choice(self, _index: int) -> None:
         self._user_chose = True
+        self._remember_choice()
+
+    def _remember_choice(self) -> None:
+        layer = self.layer()
+        self._chosen = weakref.ref(layer) if layer is not None else None
 
     def _on_layers_changed(self, event=None) -> None:
         try:

@@ -401,14 +401,16 @@ class CompareExplainWidget(QWidget):
 
     def _offer_methods(self, onnx: bool) -> None:
         """ONNX models give no gradients: only the occlusion map is offered, and the tab says why."""
+        reason = "Grad-CAM needs gradients, which ONNX models do not give"
         for i in range(self.method_combo.count()):
             item = self.method_combo.model().item(i)
-            item.setEnabled(not onnx or self.method_combo.itemData(i) == "occlusion")
+            usable = not onnx or self.method_combo.itemData(i) == "occlusion"
+            item.setEnabled(usable)
+            item.setToolTip("" if usable else f"Unavailable: {reason}")
         if onnx:
             self.method_combo.setCurrentIndex(self.method_combo.findData("occlusion"))
             self.model_label.setText(
-                self.model_label.text() + " (ONNX: Grad-CAM needs gradients, which ONNX models do not give; "
-                "the occlusion map is offered instead)"
+                self.model_label.text() + f". Grad-CAM unavailable: {reason}; the occlusion map is offered instead"
             )
         elif self.method_combo.currentData() == "occlusion":
             self.method_combo.setCurrentIndex(0)
@@ -772,6 +774,8 @@ class CompareExplainWidget(QWidget):
 
     def _show_cam(self, cam: np.ndarray, first, synth_name: str, method: str, layer_name: str) -> None:
         label = dict(_CAM_METHODS)[method]
+        if method != "occlusion" and getattr(self._model.network, "spatial_dims", 2) == 3:
+            label += " 3-D"  # explains the sliding window around the ROI, not one slice
         self.cam_layer = self.viewer.add_image(
             cam,
             name=f"{label} of {synth_name} ROI" + ("" if method == "occlusion" else f" ({layer_name or 'auto'})"),

@@ -30,7 +30,8 @@ SCREENSHOTS = {
     "04_gradcam": "HiResCAM of the lesion region over the T1",
     "05_reader_study": "Reader Study: blinded MOS capture",
     "06_review": "Review: linked axial, coronal and sagittal views with the crosshair on the plaque, brain window",
-    "07_reading_window": "Reader Study's clean reading window: the blinded case only, no names or controls",
+    "07_reading_window": "Reader Study's clean reading window: hanging protocol (test image beside the T1), "
+    "typed questions, a lesion mark",
 }
 
 
@@ -101,8 +102,28 @@ def _largest_lesion(lesion: np.ndarray, label: int) -> tuple[np.ndarray, tuple[i
     return biggest, centre
 
 
-def _write_demo_study(folder: Path, acquired: Any, synthesized: Any, reference: Any) -> Path:
-    """A one-case blinded study (acquired vs synthesized T2, T1 as reference)."""
+#: The demo study's typed questions (docs/reader-study.md): MOS, Turing choice, its confidence, lesion marks.
+DEMO_QUESTIONS = [
+    {"id": "mos", "type": "likert", "prompt": "Overall image quality",
+     "anchors": {1: "bad", 3: "fair", 5: "excellent"}},
+    {"id": "turing", "type": "choice", "prompt": "Real or synthetic?", "options": ["real", "synthetic"],
+     "keys": {"r": "real", "s": "synthetic"}},
+    {"id": "turing_confidence", "type": "likert", "prompt": "Confidence", "anchors": {1: "guess", 5: "certain"}},
+    {"id": "diagnostic", "type": "yes_no", "prompt": "Diagnostic quality?"},
+    {"id": "lesions", "type": "localisation", "prompt": "Click each lesion; 1-5 confidence", "margin_mm": 3},
+    {"id": "comment", "type": "text", "prompt": "Comment", "required": False},
+]  # fmt: skip
+
+
+def _write_demo_study(folder: Path, acquired: Any, synthesized: Any, reference: Any, lesions: Any) -> Path:
+    """A one-case blinded study (acquired vs synthesized T2) with typed questions and a hanging protocol.
+
+    The protocol hangs the test image in the ``brain`` window beside the source T1
+    (``soft``), axial, windowing fixed; the lesion mask is the localisation truth.
+    """
+    import yaml
+
+    from ..atomic import atomic_write_text
     from ..io import write_volume
     from ..study import create_study
 
@@ -110,8 +131,22 @@ def _write_demo_study(folder: Path, acquired: Any, synthesized: Any, reference: 
         (folder / condition).mkdir(parents=True, exist_ok=True)
         write_volume(volume, folder / condition / "sub-demo.nii.gz")
     study = create_study(folder, study_id="demo", seed=0, blinded=True, turing=True, references=["t1"])
+    # written after create_study, which would take the folder for a condition
+    (folder / "truth").mkdir(parents=True, exist_ok=True)
+    write_volume(lesions.with_data((lesions.data > 0).astype(np.uint8)), folder / "truth" / "sub-demo.nii.gz")
     path = folder / "study.yaml"
-    study.save(path)
+    data = study.to_dict(relative_to=folder.resolve())
+    data["questions"] = DEMO_QUESTIONS
+    data["hanging"] = {
+        "images": [{"image": "test", "preset": "brain", "contrast": "t2"}, {"image": "t1", "preset": "soft"}],
+        "planes": ["axial"],
+        "linked": True,
+        "windowing": "fixed",
+    }
+    data["answers"] = {"allow_back": True, "allow_edit": True}
+    for case in data["cases"]:
+        case["lesion_mask"] = "truth/sub-demo.nii.gz"
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 
@@ -246,20 +281,22 @@ def run_demo(
 
     # --- reader study: acquired vs synthesized, blinded
     study_path = _write_demo_study(
-        out / "study", layer_to_volume(t2), layer_to_volume(synth_layer), layer_to_volume(t1)
+        out / "study", layer_to_volume(t2), layer_to_volume(synth_layer), layer_to_volume(t1), layer_to_volume(lesions)
     )
     _raise_dock(study_w)
     study_w.rater_edit.setText("demo-rater")
     study_w.study_edit.setText(str(study_path))
     study_w.db_edit.setText(str(out / "ratings.sqlite"))
     study_w.reading_check.setChecked(False)  # first in this viewer (05), then in the reading window (07)
-    study_w.start()
+    if not study_w.start():
+        raise NeurosynthError(f"demo: the reader study did not start: {study_w.status_label.text()}")
     _settle(1.0)
     deadline = time.monotonic() + timeout
     while not study_w.loaded and time.monotonic() < deadline:
         _settle(0.1)
     shots["05_reader_study"] = _grab(viewer, window, out / "05_reader_study.png")
-    shots["07_reading_window"] = _reading_window_shot(study_w, out / "07_reading_window.png", timeout)
+    plaque_mm = tuple(float(v) for v in t1.data_to_world(centre))
+    shots["07_reading_window"] = _reading_window_shot(study_w, out / "07_reading_window.png", timeout, plaque_mm)
 
     # --- review like a radiologist: tri-planar, linked, crosshair on the plaque, brain window
     for layer in viewer.layers:
@@ -289,8 +326,15 @@ def run_demo(
     return result
 
 
-def _reading_window_shot(study_w: Any, path: Path, timeout: float) -> Path:
-    """Restart the demo study in its clean reading window and save a picture of that window."""
+def _reading_window_shot(study_w: Any, path: Path, timeout: float, plaque_mm: tuple[float, ...]) -> Path:
+    """Restart the demo study in its clean reading window, answer part of it, and save a picture of that window.
+
+    The picture shows the hanging protocol (test image in the brain window beside the
+    T1) and the questions panel with a MOS, a Turing choice and one lesion mark on the
+    plaque (confidence 4); nothing is saved.
+    """
+    from .layers import viewer_camera
+
     study_w.stop()
     study_w.reading_check.setChecked(True)
     if not study_w.start():
@@ -298,8 +342,20 @@ def _reading_window_shot(study_w: Any, path: Path, timeout: float) -> Path:
     deadline = time.monotonic() + timeout
     while not study_w.loaded and time.monotonic() < deadline:
         _settle(0.1)
+    reading = study_w.reading_window
+    reading.resize(1600, 900)
+    panel = study_w.questions_panel
+    for key in ("4", "s"):  # what the keys 4 and S do: MOS 4, then "synthetic"
+        panel.handle_key(key)
+    view = reading.view
+    view.dims.point = (*view.dims.point[:-1], plaque_mm[2])
+    if study_w.add_mark(plaque_mm) >= 0:
+        panel.handle_key("4")
+    _settle(0.5)
+    view.reset_view()
+    viewer_camera(view).zoom *= 1.15
     _settle(1.0)
-    study_w.reading_window.grab().save(str(path))
+    reading.grab().save(str(path))
     study_w.stop()
     return path
 

@@ -28,7 +28,7 @@ import numpy as np
 from napari.components import ViewerModel
 from napari.layers import Image, Layer
 from napari.qt import QtViewer
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -513,50 +513,194 @@ class ReviewWindow(QWidget):
 class ReadingWindow(QWidget):
     """A bare reading canvas for the Reader Study: images only, no layer list or layer controls.
 
-    It is a window of its own (a ``ViewerModel`` drawn by a ``QtViewer``, nothing
-    else), so the rater sees no layer name, path or metadata, and no control
-    (layer list, layer properties, other dock widgets) from which one could be
-    read; its title names neither the case nor the condition.
+    It is a window of its own (one ``ViewerModel`` per plane of the study's hanging
+    protocol, each drawn by a ``QtViewer``, and the questions panel beside them), so
+    the rater sees no layer name, path or metadata, and no control (layer list,
+    layer properties, other dock widgets) from which one could be read; its title
+    names neither the case nor the condition.
 
     Parameters
     ----------
     shortcuts : sequence of (key, callable)
-        Keys that act while this window is active (the study's 1-5 and Enter).
+        Keys that act while this window is active (the study's answer keys and Enter).
     parent : QWidget, optional
         Owner (the Reader Study widget): the window is deleted with it.
+    planes : sequence of str
+        The views, left to right (one plane, or the three of a tri-planar protocol);
+        their slices are linked through the shared ``dims.point`` (world mm).
+
+    Attributes
+    ----------
+    views : list of ViewerModel
+        One per plane; :attr:`view` is the first.
+    on_screen : Signal(bool)
+        Emitted when the window is shown, hidden, minimised or restored: time on
+        case counts only while the case is on screen.
     """
 
     TITLE = "Reader Study: reading window"
+    on_screen = Signal(bool)
 
-    def __init__(self, shortcuts: Sequence[tuple[str, Callable]] = (), parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        shortcuts: Sequence[tuple[str, Callable]] = (),
+        parent: QWidget | None = None,
+        planes: Sequence[str] = ("axial",),
+    ) -> None:
         super().__init__(parent, Qt.Window)  # a window of its own; with a parent, it goes when the parent goes
         self.setWindowTitle(self.TITLE)
-        self.view = ViewerModel(title=self.TITLE)
-        self.qt_view = QtViewer(self.view)
-        layout = QVBoxLayout(self)
+        self.planes = tuple(planes) or ("axial",)
+        self.plane = self.planes[0]
+        self.views: list[ViewerModel] = []
+        self.qt_views: list[QtViewer] = []
+        self.click_callbacks: list[Callable[[ViewerModel, tuple[float, ...]], None]] = []
+        self._drags: list[tuple[ViewerModel, Callable]] = []
+        self._busy = False
+        self._shown = False
+        self._last_click: np.ndarray | None = None
+        splitter = QSplitter(Qt.Horizontal)
+        for plane in self.planes:
+            view = ViewerModel(title=self.TITLE)
+            qt_view = QtViewer(view)
+            view.layers.events.inserted.connect(lambda event=None, v=view, p=plane: self._orient(v, p))
+            view.dims.events.point.connect(lambda event=None, v=view: self._point_changed(v))
+            view.mouse_drag_callbacks.append(self._on_click)
+            view.mouse_double_click_callbacks.append(self._on_double_click)
+            self.views.append(view)
+            self.qt_views.append(qt_view)
+            splitter.addWidget(qt_view)
+        self.view = self.views[0]
+        self.qt_view = self.qt_views[0]
+        self.side = QWidget()
+        self.side_layout = QVBoxLayout(self.side)
+        self.side_layout.setContentsMargins(6, 6, 6, 6)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(splitter, 1)
+        left_layout.addWidget(self.status)
+        outer = QSplitter(Qt.Horizontal)
+        outer.addWidget(left)
+        outer.addWidget(self.side)
+        outer.setStretchFactor(0, 4)
+        outer.setStretchFactor(1, 1)
+        layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.qt_view)
-        self.plane = "axial"
-        self.view.layers.events.inserted.connect(self._orient)
+        layout.addWidget(outer)
+        self.side.hide()
         self._shortcuts = []
         for key, slot in shortcuts:
-            shortcut = QShortcut(QKeySequence(key), self)
-            shortcut.setContext(Qt.WindowShortcut)
-            shortcut.activated.connect(slot)
-            self._shortcuts.append(shortcut)
-        self.resize(1000, 800)
+            self.add_shortcut(key, slot)
+        self.resize(1400 if len(self.planes) > 1 else 1100, 800)
 
-    def _orient(self, event=None) -> None:
-        """Show the case in :attr:`plane` (radiological convention) once 3-D images are there."""
-        if len(self.view.layers) == 1 and self.view.dims.ndim == 3:
-            set_anatomical_view(self.view, self.plane)
+    def add_shortcut(self, key: str, slot: Callable) -> QShortcut:
+        shortcut = QShortcut(QKeySequence(key), self)
+        shortcut.setContext(Qt.WindowShortcut)
+        shortcut.activated.connect(slot)
+        self._shortcuts.append(shortcut)
+        return shortcut
+
+    def set_side(self, widget: QWidget | None) -> None:
+        """Show ``widget`` (the questions) to the right of the images (``None``: nothing)."""
+        while self.side_layout.count():
+            item = self.side_layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().setParent(None)
+        if widget is None:
+            self.side.hide()
+            return
+        self.side_layout.addWidget(widget)
+        self.side_layout.addStretch(1)
+        widget.show()
+        self.side.show()
+
+    def _orient(self, view: ViewerModel, plane: str) -> None:
+        """Show the case in the view's plane (radiological convention) once 3-D images are there."""
+        if len(view.layers) == 1 and view.dims.ndim == 3:
+            set_anatomical_view(view, plane)
+
+    # ------------------------------------------------------------------ linked slices
+    def _point_changed(self, source: ViewerModel) -> None:
+        if self._busy or len(self.views) < 2 or not getattr(self, "linked", True):
+            return
+        self._busy = True
+        try:
+            point = tuple(source.dims.point)
+            for view in self.views:
+                if view is not source and view.dims.ndim == len(point) and tuple(view.dims.point) != point:
+                    view.dims.point = point
+        finally:
+            self._busy = False
+
+    # ------------------------------------------------------------------ clicks and windowing
+    def _on_click(self, view, event):
+        """A left click (no drag, no modifier) goes to :attr:`click_callbacks` with its world position."""
+        if event.button != 1 or {str(m) for m in event.modifiers}:
+            return
+        press = np.asarray(event.pos, float)
+        yield
+        moved = False
+        while event.type == "mouse_move":
+            moved = moved or bool(np.abs(np.asarray(event.pos, float) - press).max() > 3)
+            yield
+        if not moved:
+            self._clicked(view, press, event.position)
+
+    def _on_double_click(self, view, event) -> None:
+        # A second click soon after the first arrives as a double click. At the same
+        # place it is one finding clicked twice; elsewhere it is a second finding.
+        if event.button == 1 and not {str(m) for m in event.modifiers}:
+            pos = np.asarray(event.pos, float)
+            if self._last_click is None or np.abs(pos - self._last_click).max() > 3:
+                self._clicked(view, pos, event.position)
+
+    def _clicked(self, view, pos, position) -> None:
+        self._last_click = np.asarray(pos, float)
+        for callback in self.click_callbacks:
+            callback(view, tuple(float(v) for v in position))
+
+    def set_windowing(self, allowed: bool, group: Callable[[], LinkedWindowing | None]) -> None:
+        """Right-drag / Ctrl+drag window/level in every view when ``allowed`` (else no way to change it)."""
+        for view, callback in self._drags:
+            if callback in view.mouse_drag_callbacks:
+                view.mouse_drag_callbacks.remove(callback)
+        self._drags = []
+        if allowed:
+            for view in self.views:
+                self._drags.append((view, install_window_drag(view, group, self.status.setText)))
+
+    # ------------------------------------------------------------------ on screen or not
+    def _report(self) -> None:
+        shown = self.isVisible() and not self.isMinimized()
+        if shown != self._shown:
+            self._shown = shown
+            self.on_screen.emit(shown)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self._report()
+
+    def hideEvent(self, event) -> None:
+        super().hideEvent(event)
+        self._report()
+
+    def changeEvent(self, event) -> None:
+        super().changeEvent(event)
+        if event.type() == QEvent.WindowStateChange:
+            self._report()
 
     def shutdown(self) -> None:
-        """Remove the images and free the canvas (idempotent)."""
-        if self.qt_view is not None:
-            self.view.layers.clear()
-            self.qt_view.close()
-            self.qt_view.deleteLater()
+        """Remove the images and free the canvases (idempotent)."""
+        if self.qt_views:
+            self.set_side(None)
+            for view in self.views:
+                view.layers.clear()
+            for qt_view in self.qt_views:
+                qt_view.close()
+                qt_view.deleteLater()
+            self.qt_views = []
             self.qt_view = None
 
     def closeEvent(self, event) -> None:
