@@ -29,3 +29,10 @@ def test_demo_runs_the_whole_review(demo_result, tmp_path):
     assert plaques and sum(row["erased"] for row in plaques) >= len(plaques) // 2
     assert len(demo_result["regions"]) > 0
     assert (tmp_path / "demo" / "metrics.json").is_file() and (tmp_path / "demo" / "ratings.sqlite").is_file()
+
+
+def test_demo_twice_into_one_folder(demo_result, tmp_path):
+    """`make demo` is idempotent: a second tour over the first one's folder runs the same way."""
+    again = run_demo(tmp_path / "demo", offscreen=True, resolution=3.0, seed=0)
+    assert list(again["screenshots"]) == list(SCREENSHOTS)
+    assert again["metrics"]["psnr_brain"] == pytest.approx(demo_result["metrics"]["psnr_brain"], abs=1e-6)

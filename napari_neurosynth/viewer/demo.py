@@ -14,6 +14,7 @@ itself, so what it shows is exactly what the widgets do.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,10 @@ def _write_demo_study(folder: Path, acquired: Any, synthesized: Any, reference: 
     for condition, volume in (("acquired", acquired), ("t1_to_t2", synthesized), ("t1", reference)):
         (folder / condition).mkdir(parents=True, exist_ok=True)
         write_volume(volume, folder / condition / "sub-demo.nii.gz")
+    # written after create_study, which would take the folder for a condition; so a previous
+    # tour's mask goes first, or a second `make demo` would find "truth" among the conditions
+    shutil.rmtree(folder / "truth", ignore_errors=True)
     study = create_study(folder, study_id="demo", seed=0, blinded=True, turing=True, references=["t1"])
-    # written after create_study, which would take the folder for a condition
     (folder / "truth").mkdir(parents=True, exist_ok=True)
     write_volume(lesions.with_data((lesions.data > 0).astype(np.uint8)), folder / "truth" / "sub-demo.nii.gz")
     path = folder / "study.yaml"

@@ -66,7 +66,7 @@ from qtpy.QtWidgets import (
 
 from napari_neurosynth.errors import NeurosynthError
 
-from .layers import viewer_grid
+from .layers import set_anatomical_view, viewer_grid
 from .questions_panel import QuestionsPanel, key_slot
 from .review import hide_docks, show_docks
 
@@ -567,6 +567,11 @@ class ReaderStudyWidget(QWidget):
                     self._layers.append(self._add_image(view, data, limits, affine, name))
                     if marks:  # each image's cell of the grid gets the marks on top of it
                         self._marks_layers.append(self._add_marks(view, k))
+            if self.reading_window is None:
+                # the user's layers were taken out, so napari's dims fell back to its default
+                # (sagittal for RAS+ data): show the protocol's plane, as the reading window does
+                if self.viewer.dims.ndim == 3:
+                    set_anatomical_view(self.viewer, (tuple(self.session.hanging.planes) or ("axial",))[0])
         self._setup_windowing(wanted)
         self._draw_marks()
         names = [w[0] for w in wanted]
