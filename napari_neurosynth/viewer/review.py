@@ -247,6 +247,25 @@ class _Crosshair:
         self.layer.data = data
 
 
+def plain_click(event, callback):
+    """A napari mouse-drag callback body: ``callback(press_pos, world_position)`` on a plain left click.
+
+    A press with a modifier, another button, or a move of more than 3 screen pixels
+    (a pan or a window/level drag) is not a click. Use as
+    ``yield from plain_click(event, callback)`` inside a ``mouse_drag_callbacks`` generator.
+    """
+    if event.button != 1 or {str(m) for m in event.modifiers}:
+        return
+    press = np.asarray(event.pos, float)
+    yield
+    moved = False
+    while event.type == "mouse_move":
+        moved = moved or bool(np.abs(np.asarray(event.pos, float) - press).max() > 3)
+        yield
+    if not moved:
+        callback(press, event.position)
+
+
 class ReviewWindow(QWidget):
     """Axial, coronal and sagittal views of the compared layers, linked, with window/level and flicker.
 
@@ -412,17 +431,12 @@ class ReviewWindow(QWidget):
             self.set_point(tuple(event.position))
 
     def _on_click(self, view, event):
-        if event.button != 1 or {str(m) for m in event.modifiers}:
-            return
-        press = np.asarray(event.pos, float)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or bool(np.abs(np.asarray(event.pos, float) - press).max() > 3)
-            yield
-        if not moved:  # a click, not a pan
-            self.set_point(tuple(event.position))
-            self.viewer.dims.point = tuple(float(v) for v in event.position)
+        yield from plain_click(event, lambda _press, position: self._click_to(position))
+
+    def _click_to(self, position: Sequence[float]) -> None:
+        """A click, not a pan: the crosshair and the user's viewer go there."""
+        self.set_point(tuple(position))
+        self.viewer.dims.point = tuple(float(v) for v in position)
 
     # ------------------------------------------------------------------ windowing
     def _set_linked(self, on: bool) -> None:
@@ -637,16 +651,7 @@ class ReadingWindow(QWidget):
     # ------------------------------------------------------------------ clicks and windowing
     def _on_click(self, view, event):
         """A left click (no drag, no modifier) goes to :attr:`click_callbacks` with its world position."""
-        if event.button != 1 or {str(m) for m in event.modifiers}:
-            return
-        press = np.asarray(event.pos, float)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or bool(np.abs(np.asarray(event.pos, float) - press).max() > 3)
-            yield
-        if not moved:
-            self._clicked(view, press, event.position)
+        yield from plain_click(event, lambda press, position: self._clicked(view, press, position))
 
     def _on_double_click(self, view, event) -> None:
         # A second click soon after the first arrives as a double click. At the same

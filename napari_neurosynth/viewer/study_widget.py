@@ -68,7 +68,7 @@ from napari_neurosynth.errors import NeurosynthError
 
 from .layers import set_anatomical_view, viewer_grid
 from .questions_panel import QuestionsPanel, key_slot
-from .review import hide_docks, show_docks
+from .review import hide_docks, plain_click, show_docks
 
 __all__ = ["ReaderStudyWidget"]
 
@@ -684,16 +684,7 @@ class ReaderStudyWidget(QWidget):
 
     def _on_viewer_click(self, viewer, event):
         """In-viewer mode: a plain left click (no drag) places a mark, as in the reading window."""
-        if event.button != 1 or {str(m) for m in event.modifiers}:
-            return
-        press = np.asarray(event.pos, float)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or bool(np.abs(np.asarray(event.pos, float) - press).max() > 3)
-            yield
-        if not moved:
-            self._on_click(viewer, tuple(float(v) for v in event.position))
+        yield from plain_click(event, lambda _press, pos: self._on_click(viewer, tuple(float(v) for v in pos)))
 
     def _on_load_error(self, exc: BaseException, token: int) -> None:
         if token != self._load_token or self.session is None:
