@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import NeurosynthError
 from .io import Volume
@@ -546,6 +547,22 @@ class PreparedSubject:
     brain_slices: np.ndarray
 
 
+def normalized_modalities(
+    subject: Subject, modalities: Sequence[str], normalization: dict | None, axis: int
+) -> dict[str, NDArray[np.float32]]:
+    """Each modality divided by its engine scale (:func:`input_scale`), ``axis`` moved first.
+
+    Non-finite voxels are refused, naming the subject and modality.
+    """
+    arrays = {}
+    for m in modalities:
+        data = np.asarray(subject.images[m].data, np.float32)
+        if not np.isfinite(data).all():
+            raise NeurosynthError(f"subject {subject.name!r}: {m} has NaN or Inf voxels; fix or drop it")
+        arrays[m] = normalized_stack(data, axis, input_scale(data, normalization))
+    return arrays
+
+
 def prepare(
     subject: Subject,
     modalities: Sequence[str],
@@ -561,12 +578,7 @@ def prepare(
     subject.require(modalities)
     ref = subject.images[modalities[0]]
     axis = slice_axis(ref.affine, plane)
-    arrays = {}
-    for m in modalities:
-        data = np.asarray(subject.images[m].data, np.float32)
-        if not np.isfinite(data).all():
-            raise NeurosynthError(f"subject {subject.name!r}: {m} has NaN or Inf voxels; fix or drop it")
-        arrays[m] = normalized_stack(data, axis, input_scale(data, normalization))
+    arrays = normalized_modalities(subject, modalities, normalization, axis)
     mask = np.moveaxis(subject.mask(), axis, 0)
     lesion = None if subject.lesion_mask is None else np.moveaxis(subject.lesion_mask, axis, 0)
     area = mask.reshape(mask.shape[0], -1).sum(1)

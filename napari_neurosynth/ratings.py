@@ -447,6 +447,22 @@ def _identifier(name: str, value: object) -> str:
     return text
 
 
+def _add_rater_and_study(conn: Any, rater: str, study: str | None, now: str) -> None:
+    """The rater and study rows that ratings, answers and sessions refer to (kept if there)."""
+    conn.execute("INSERT INTO raters (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (rater, now))
+    if study is not None:
+        conn.execute("INSERT INTO studies (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (study, now))
+
+
+def _with_order(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first session row with its stored ``item_order`` JSON decoded as ``order``; None if no row."""
+    if not rows:
+        return None
+    record = dict(rows[0])
+    order = json.loads(record.pop("item_order"))
+    return {**record, "order": order}
+
+
 class RatingStore:
     """Ratings of a reader study in a local SQLite file or on a PostgreSQL server.
 
@@ -910,9 +926,7 @@ class RatingStore:
             # already serialises every writer).
             lock_item(f"{study or ''}\x1f{rater}\x1f{case}\x1f{condition}")
         now = created_at or _now()
-        conn.execute("INSERT INTO raters (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (rater, now))
-        if study is not None:
-            conn.execute("INSERT INTO studies (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (study, now))
+        _add_rater_and_study(conn, rater, study, now)
         old = conn.execute(
             "SELECT id FROM ratings"
             " WHERE coalesce(study, '') = ? AND rater = ? AND case_id = ? AND condition = ? AND is_current = 1",
@@ -1065,11 +1079,7 @@ class RatingStore:
             " WHERE rater = ? AND study = ?",
             (rater, study),
         )
-        if not rows:
-            return None
-        session = rows[0]
-        order = json.loads(session.pop("item_order"))
-        return cast(SessionRecord, {**session, "order": order})
+        return cast("SessionRecord | None", _with_order(rows))
 
     def create_session(
         self, rater: str, study: str, seed: int, order: Iterable[tuple[str, str] | list[str]]
@@ -1079,8 +1089,7 @@ class RatingStore:
 
         def write(conn: sqlite3.Connection) -> None:
             now = _now()
-            conn.execute("INSERT INTO raters (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (rater, now))
-            conn.execute("INSERT INTO studies (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (study, now))
+            _add_rater_and_study(conn, rater, study, now)
             conn.execute(
                 "INSERT INTO sessions (rater, study, seed, item_order, position, started_at, updated_at)"
                 " VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT DO NOTHING",
@@ -1167,8 +1176,7 @@ class RatingStore:
 
         def write(conn: Any) -> int:
             now = _now()
-            conn.execute("INSERT INTO raters (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (rater_id, now))
-            conn.execute("INSERT INTO studies (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (study_id, now))
+            _add_rater_and_study(conn, rater_id, study_id, now)
             last = 0
             for qid, text in encoded.items():
                 old = conn.execute(
@@ -1264,11 +1272,7 @@ class RatingStore:
             " FROM reading_sessions WHERE rater = ? AND study = ? AND reading_session = ?",
             (rater, study, reading_session),
         )
-        if not rows:
-            return None
-        record = rows[0]
-        order = json.loads(record.pop("item_order"))
-        return cast(ReadingSessionRecord, {**record, "order": order})
+        return cast("ReadingSessionRecord | None", _with_order(rows))
 
     def create_reading_session(
         self, rater: str, study: str, reading_session: str, seed: int, order: Iterable[tuple[str, str] | list[str]]
@@ -1278,8 +1282,7 @@ class RatingStore:
 
         def write(conn: Any) -> None:
             now = _now()
-            conn.execute("INSERT INTO raters (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (rater, now))
-            conn.execute("INSERT INTO studies (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (study, now))
+            _add_rater_and_study(conn, rater, study, now)
             conn.execute(
                 "INSERT INTO reading_sessions (rater, study, reading_session, seed, item_order, position,"
                 " started_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT DO NOTHING",

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_write_text
 from .errors import NeurosynthError
 
 __all__ = [
@@ -533,7 +533,7 @@ def plot_auc(results: Mapping[str, Mapping[str, AUCResult]], path: str | os.Path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .study_stats import plot_format
+    from .study_stats import plot_format, save_plot
 
     path = Path(path).expanduser()
     fmt = plot_format(path)
@@ -567,9 +567,4 @@ def plot_auc(results: Mapping[str, Mapping[str, AUCResult]], path: str | os.Path
         ax.set_ylabel("AUC")
         ax.set_title(f"{task} AUC, 95% CI")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt)
-    except OSError as exc:
-        raise NeurosynthError(f"cannot write plot {path}: {exc.strerror}") from None
-    return path
+    return save_plot(fig, path, fmt)

@@ -1378,9 +1378,8 @@ class ReaderSession:
                 return row
         return None
 
-    def record(self, case_id: str, condition: str, score: int, **extra: Any) -> int:
-        """Record a rating for an item of this study (refusing anything else); return the row id."""
-        self.study.check_item(str(case_id), str(condition))
+    def _check_asked(self, extra: Mapping[str, Any]) -> None:
+        """Refuse sub-scores or a Turing answer that this study does not ask for."""
         unasked = [k for k in SUBSCORES if extra.get(k) is not None and k not in self.study.subscores]
         if unasked:
             raise NeurosynthError(f"study {self.study.id!r} does not ask for {', '.join(unasked)}")
@@ -1388,6 +1387,11 @@ class ReaderSession:
             extra.get("turing_choice") is not None or extra.get("turing_confidence") is not None
         ):
             raise NeurosynthError(f"study {self.study.id!r} does not ask the real-vs-synthetic question")
+
+    def record(self, case_id: str, condition: str, score: int, **extra: Any) -> int:
+        """Record a rating for an item of this study (refusing anything else); return the row id."""
+        self.study.check_item(str(case_id), str(condition))
+        self._check_asked(extra)
         return self.store.record(self.rater, str(case_id), str(condition), score, study=self.study.id, **extra)
 
     def rate(self, score: int, **extra: Any) -> int:
@@ -1410,13 +1414,7 @@ class ReaderSession:
         )
         if unknown:
             raise NeurosynthError(f"unknown rating field(s) {', '.join(unknown)}")
-        unasked = [k for k in SUBSCORES if extra.get(k) is not None and k not in self.study.subscores]
-        if unasked:
-            raise NeurosynthError(f"study {self.study.id!r} does not ask for {', '.join(unasked)}")
-        if not self.study.turing and (
-            extra.get("turing_choice") is not None or extra.get("turing_confidence") is not None
-        ):
-            raise NeurosynthError(f"study {self.study.id!r} does not ask the real-vs-synthetic question")
+        self._check_asked(extra)
         answers: dict[str, Any] = {"mos": score}
         answers.update({k: extra[k] for k in SUBSCORES if k in extra})
         if "turing_choice" in extra:

@@ -666,6 +666,16 @@ def plot_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
+def save_plot(fig: Any, path: Path, fmt: str) -> Path:
+    """Write a matplotlib figure atomically as ``fmt``; a write error is one line naming the file."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt)
+    except OSError as exc:
+        raise NeurosynthError(f"cannot write plot {path}: {exc.strerror}") from None
+    return path
+
+
 def plot_distributions(rows: Iterable[Row], path: str | os.PathLike[str]) -> Path:
     """Save a PNG of the score distribution per condition, with MOS and 95 % CI.
 
@@ -740,9 +750,4 @@ def plot_distributions(rows: Iterable[Row], path: str | os.PathLike[str]) -> Pat
     ax2.legend(loc="upper left", bbox_to_anchor=(1.12, 0.35), fontsize=8)
     ax.set_title("Score distribution per condition")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt)
-    except OSError as exc:
-        raise NeurosynthError(f"cannot write plot {path}: {exc.strerror}") from None
-    return path
+    return save_plot(fig, path, fmt)

@@ -133,18 +133,13 @@ def prepare_volume(
     ``flip_axes`` are the two in-plane axes of ``plane``: the 2-D recipe's flips
     mirror those, and so do the 3-D ones.
     """
+    from ..data import normalized_modalities
     from ..preprocessing import slice_axis
-    from ..slicing import input_scale, normalized_stack
 
     subject.require(modalities)
     ref = subject.images[modalities[0]]
     axis = slice_axis(ref.affine, plane)
-    arrays = {}
-    for m in modalities:
-        data = np.asarray(subject.images[m].data, np.float32)
-        if not np.isfinite(data).all():
-            raise NeurosynthError(f"subject {subject.name!r}: {m} has NaN or Inf voxels; fix or drop it")
-        arrays[m] = normalized_stack(data, 0, input_scale(data, normalization))  # axis 0: order kept
+    arrays = normalized_modalities(subject, modalities, normalization, 0)  # axis 0: array order kept
     mask = np.asarray(subject.mask())
     if not mask.any():
         raise NeurosynthError(f"subject {subject.name!r} has an empty brain mask; nothing to train on")
