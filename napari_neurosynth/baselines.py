@@ -16,6 +16,9 @@ beside the model's in the card's held-out table.
   (N-D) histogram table over 32 bins per input, so the T1+T2 -> FLAIR and
   T1 + low-res T2 -> T2 baselines use both inputs. Empty bins take the value of
   the nearest filled bin; prediction interpolates linearly between bin centres.
+- :class:`QuantileMap` and :class:`HistogramMatching`: the *unpaired* baselines,
+  fitted on source voxels of some subjects and target voxels of others (no voxel
+  correspondence), which an unpaired model (``t1_to_t2_unpaired``) must beat.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from scipy.ndimage import distance_transform_edt
 from .errors import NeurosynthError
 from .preprocessing import intensity_scale
 
-__all__ = ["IntensityLUT", "LUTSummary", "baseline_input_index", "input_standardised"]
+__all__ = [
+    "HistogramMatching",
+    "IntensityLUT",
+    "LUTSummary",
+    "QuantileMap",
+    "baseline_input_index",
+    "input_standardised",
+]
 
 
 class LUTSummary(TypedDict):
@@ -199,3 +209,122 @@ class IntensityLUT:
             "inputs": int(self.table.ndim),
             "upper": [round(u, 4) for u in self.uppers],
         }
+
+
+# --------------------------------------------------------------------------- unpaired baselines
+
+#: Quantile levels of the unpaired maps: 1001 (every 0.1 %), fine enough that the map's own
+#: steps sit far below the phantom's noise.
+_LEVELS = np.linspace(0.0, 1.0, 1001)
+
+
+def _voxels(volumes: Iterable[ArrayLike], masks: Iterable[ArrayLike | None] | None) -> NDArray[np.float64]:
+    vols = [np.asarray(v, np.float64) for v in volumes]
+    ms = list(masks) if masks is not None else [None] * len(vols)
+    if not vols or len(ms) != len(vols):
+        raise NeurosynthError("the unpaired baselines need at least one volume (and one mask per volume)")
+    out = np.concatenate([(v if m is None else v[np.asarray(m, bool)]).ravel() for v, m in zip(vols, ms)])
+    if out.size == 0:
+        raise NeurosynthError("the unpaired baselines got no voxels to fit on (empty masks?)")
+    return out
+
+
+class QuantileMap:
+    """Unpaired intensity mapping: a source voxel's rank among source voxels -> that target quantile.
+
+    Fitted on two *unpaired* sets (source voxels of some subjects, target voxels
+    of others; no voxel correspondence), this is what an unpaired model must
+    beat without learning anything spatial: ``y = Q_t(F_s(x))`` for an increasing
+    map (histogram matching, :class:`HistogramMatching`), ``y = Q_t(1 - F_s(x))``
+    for a decreasing one, with ``F_s`` the source's empirical distribution
+    function and ``Q_t`` the target's quantile function (both on 1001 levels,
+    linear in between). The data cannot tell the polarity (any monotone map of
+    a distribution onto another exists both ways), so it is a parameter: given,
+    or chosen on validation data with :meth:`choose_polarity`.
+
+    Parameters
+    ----------
+    polarity : {"decreasing", "increasing"}
+        Whether bright source maps to dark target (T1 -> T2 in the brain) or to bright.
+
+    Examples
+    --------
+    A known decreasing map is recovered from two unpaired samples:
+
+    >>> rng = np.random.default_rng(0)
+    >>> t1_a, t1_b = rng.random(20000), rng.random(20000)        # two different "subjects"
+    >>> qm = QuantileMap("decreasing").fit([t1_a], [np.exp(-2 * t1_b)])
+    >>> x = np.array([0.1, 0.5, 0.9])
+    >>> np.round(qm.predict(x), 2), np.round(np.exp(-2 * x), 2)
+    (array([0.82, 0.37, 0.17], dtype=float32), array([0.82, 0.37, 0.17]))
+    """
+
+    def __init__(self, polarity: str = "decreasing") -> None:
+        if polarity not in ("decreasing", "increasing"):
+            raise NeurosynthError(f"polarity must be 'decreasing' or 'increasing', not {polarity!r}")
+        self.polarity = polarity
+        self.source_quantiles: NDArray[np.float64] | None = None
+        self.target_quantiles: NDArray[np.float64] | None = None
+
+    def fit(
+        self,
+        sources: Iterable[ArrayLike],
+        targets: Iterable[ArrayLike],
+        source_masks: Iterable[ArrayLike | None] | None = None,
+        target_masks: Iterable[ArrayLike | None] | None = None,
+    ) -> QuantileMap:
+        """Learn both quantile functions from normalised source and target volumes (masked voxels only)."""
+        self.source_quantiles = np.quantile(_voxels(sources, source_masks), _LEVELS)
+        self.target_quantiles = np.quantile(_voxels(targets, target_masks), _LEVELS)
+        return self
+
+    def predict(self, source: ArrayLike) -> NDArray[np.float32]:
+        """Map a normalised source volume (any shape) voxel by voxel; values outside the fitted range clamp."""
+        if self.source_quantiles is None or self.target_quantiles is None:
+            raise NeurosynthError(f"{type(self).__name__}.predict called before fit")
+        x = np.asarray(source, np.float64)
+        # rank = F_s(x), linear between the fitted quantiles (clamped to [0, 1] outside them)
+        rank = np.interp(x, self.source_quantiles, _LEVELS)
+        if self.polarity == "decreasing":
+            rank = 1.0 - rank
+        return np.interp(rank, _LEVELS, self.target_quantiles).astype(np.float32)
+
+    def choose_polarity(self, source: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None) -> dict[str, float]:
+        """Set :attr:`polarity` to the one with the lower MAE on a *validation* pair; return both MAEs.
+
+        Examples
+        --------
+        >>> rng = np.random.default_rng(1)
+        >>> qm = QuantileMap("increasing").fit([rng.random(5000)], [rng.random(5000)])
+        >>> v = rng.random(1000)
+        >>> maes = qm.choose_polarity(v, 1.0 - v)
+        >>> qm.polarity, maes["decreasing"] < 0.05 < maes["increasing"]
+        ('decreasing', True)
+        """
+        sel = np.ones(np.shape(target), bool) if mask is None else np.asarray(mask, bool)
+        t = np.asarray(target, np.float64)[sel]
+        maes = {}
+        for polarity in ("decreasing", "increasing"):
+            self.polarity = polarity
+            maes[polarity] = float(np.abs(self.predict(np.asarray(source)[sel]) - t).mean())
+        self.polarity = min(maes, key=lambda k: maes[k])
+        return maes
+
+
+class HistogramMatching(QuantileMap):
+    """Histogram matching fitted on unpaired sets: :class:`QuantileMap` with the polarity kept (increasing).
+
+    The classic intensity standardisation (Nyul et al. 2000) generalised to two
+    contrasts; it assumes that what is bright on the source is bright on the
+    target, which T1 -> T2 violates, so it is the floor an unpaired model has to beat.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> hm = HistogramMatching().fit([rng.random(20000)], [2 * rng.random(20000)])
+    >>> np.round(hm.predict(np.array([0.25, 0.75])), 1)
+    array([0.5, 1.5], dtype=float32)
+    """
+
+    def __init__(self) -> None:
+        super().__init__("increasing")

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # torch and MONAI take seconds to import; listing bundles nee
     from torch import nn
 
 #: Architecture names a bundle may use (mirrors networks.GENERATORS without importing torch).
-GENERATORS = ("resnet", "unet", "fusion", "mcsr")
+GENERATORS = ("resnet", "unet", "fusion", "mcsr", "fgdl")
 
 __all__ = [
     "BundleInfo",

@@ -237,6 +237,10 @@ def _resolution_label(res: float | tuple[float, float, float]) -> str:
     return "x".join(f"{r:g}" for r in res) + "mm"
 
 
+#: ``target_misalignment="mixed"``: the severities cycled over the seeds.
+MIXED_SEVERITIES = ("low", "mid", "high")
+
+
 def phantom_subjects(
     seeds: Sequence[int],
     resolution: float | str | Sequence = 2.0,
@@ -260,7 +264,8 @@ def phantom_subjects(
         (:func:`randomized_acquisition`: whole head or skull-stripped, 1.5 or 3 T,
         default or random TR/TE/TI, noise, bias, field-of-view crop).
     **options
-        Further :func:`make_phantom` options, the same for every seed (they override the randomised ones).
+        Further :func:`make_phantom` options, the same for every seed (they override the randomised ones);
+        ``target_misalignment="mixed"`` gives seed ``i`` the severity ``MIXED_SEVERITIES[i % 3]``.
     """
     from .phantom import make_phantom
 
@@ -274,8 +279,12 @@ def phantom_subjects(
         res = resolutions[i % len(resolutions)]
         kwargs = randomized_acquisition(int(seed), res) if randomize else {"resolution": res}
         kwargs.update(options)
+        if kwargs.get("target_misalignment") == "mixed":  # every severity in turn, so one model sees them all
+            kwargs["target_misalignment"] = MIXED_SEVERITIES[i % len(MIXED_SEVERITIES)]
         ph = make_phantom(seed=int(seed), lesions=lesions, **kwargs)
-        images: dict[str, Volume] = {k: ph[k] for k in ("t1", "t2", "pd", "flair", "t2_lowres") if k in ph}
+        images: dict[str, Volume] = {
+            k: ph[k] for k in ("t1", "t2", "pd", "flair", "t2_lowres", "t2_aligned") if k in ph
+        }
         subjects.append(
             Subject(
                 f"phantom-{seed}@{_resolution_label(kwargs['resolution'])}",
@@ -289,6 +298,8 @@ def phantom_subjects(
                     "lesions": ph["lesion_mask"].metadata.get("lesions"),
                     "lesion_labels": ph["lesion_mask"].metadata.get("labels"),
                     "lesion_visibility": ph["lesion_mask"].metadata.get("visibility"),
+                    # tissues=True: the CSF fraction, from which evaluations find the ventricles
+                    **({"csf_fraction": np.asarray(ph["csf"].data)} if "csf" in ph else {}),
                 },
             )
         )

@@ -24,14 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "STRUCTURE_LOSSES",
     "GeneratorLoss",
     "cycle_loss",
+    "gradient_consistency_loss",
     "gradient_difference_loss",
     "identity_loss",
     "l1_loss",
     "lsgan_discriminator_loss",
     "lsgan_generator_loss",
     "masked_l1_loss",
+    "mind_descriptor",
+    "mind_loss",
+    "quantile_matching_loss",
 ]
 
 
@@ -218,3 +223,162 @@ class GeneratorLoss(nn.Module):
             parts["adversarial"] = lsgan_generator_loss(fake_scores)
         total = sum((self.weights[k] * v for k, v in parts.items()), prediction.new_zeros(()))
         return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- structure (unpaired)
+
+#: The 2-D MIND neighbourhood: the four direct neighbours (the in-plane part of MIND's
+#: 6-neighbourhood; the generators are slice models, so the through-plane pair is absent).
+_MIND_OFFSETS = ((0, 1), (1, 0), (0, -1), (-1, 0))
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` moved by ``(dy, dx)`` pixels with edge replication (no wrap-around at the border)."""
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))
+    h, w = x.shape[-2:]
+    padded = F.pad(x, pad, mode="replicate")
+    y0, x0 = max(-dy, 0), max(-dx, 0)
+    return padded[..., y0 : y0 + h, x0 : x0 + w]
+
+
+def mind_descriptor(x: torch.Tensor, sigma: float = 0.8, eps: float = 1e-3) -> torch.Tensor:
+    """MIND, the modality independent neighbourhood descriptor (Heinrich et al. 2012), in 2-D.
+
+    For each neighbour offset ``r`` the patch distance ``D_r = G_sigma * (I - I(. + r))^2``
+    (a Gaussian-weighted sum of squared differences), the local variance estimate
+    ``V = mean_r D_r`` (clamped below at ``eps`` times its image mean, so flat
+    background does not divide by zero) and ``MIND_r = exp(-D_r / V)``, divided by its
+    maximum over ``r``. ``D_r`` and ``V`` scale alike under ``I -> a I + b``, so the
+    descriptor is unchanged by any affine contrast change, *including an inversion*
+    (``a < 0``): T1 and T2 describe the same anatomy with the same descriptor.
+    MONAI has no MIND (it offers global and local mutual information, which made the
+    generators copy their input here, see ``docs/models.md``), hence this small one.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, 1, H, W)`` images.
+    sigma : float
+        Gaussian patch scale in pixels.
+    eps : float
+        Relative floor of the variance estimate.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 4, H, W)`` descriptors in (0, 1].
+
+    Examples
+    --------
+    >>> x = torch.rand(1, 1, 16, 16)
+    >>> d = mind_descriptor(x)
+    >>> d.shape, bool((d > 0).all() and (d <= 1).all())
+    (torch.Size([1, 4, 16, 16]), True)
+    >>> bool(torch.allclose(d, mind_descriptor(2.0 - 0.5 * x), atol=1e-5))  # inverted contrast
+    True
+    """
+    from monai.networks.layers import GaussianFilter
+
+    smooth = GaussianFilter(2, sigma).to(x.device)
+    dist = torch.cat([smooth((x - _shift(x, dy, dx)) ** 2) for dy, dx in _MIND_OFFSETS], 1)
+    var = dist.mean(1, keepdim=True)
+    floor = eps * var.mean(dim=(1, 2, 3), keepdim=True) + 1e-12
+    var = torch.maximum(var, floor)
+    mind = torch.exp(-dist / var)
+    return mind / mind.amax(1, keepdim=True)
+
+
+def mind_loss(source: torch.Tensor, synthesized: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
+    """Structure loss ``mean|MIND(source) - MIND(synthesized)|`` between a generator's input and output.
+
+    The unpaired recipe's ``--structure mind`` (Heinrich et al. 2012; used as a
+    structure constraint for unpaired synthesis by Yang et al. 2018): the
+    adversarial term decides *what intensities* the output has, this term that
+    its edges and self-similarities stay where the input's are, so the
+    generator cannot invent or move anatomy, whatever contrast it picks.
+
+    Examples
+    --------
+    >>> x = torch.rand(2, 1, 16, 16)
+    >>> float(mind_loss(x, 1.0 - x)) < 1e-5                  # an inverted contrast costs nothing
+    True
+    >>> float(mind_loss(x, torch.roll(x, 2, -1))) > 0.05     # moved structure does
+    True
+    """
+    return F.l1_loss(mind_descriptor(synthesized, sigma), mind_descriptor(source, sigma))
+
+
+def gradient_consistency_loss(source: torch.Tensor, synthesized: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Structure loss ``1 - |GC|``, GC the normalised gradient correlation (Penney et al. 1998).
+
+    ``GC = (NCC(dy a, dy b) + NCC(dx a, dx b)) / 2`` per image, the normalised
+    cross-correlation of the forward differences; its absolute value is used
+    because T1 -> T2 inverts the contrast, which negates every gradient. Zero when
+    the output is any affine function of the input, positive when edges move,
+    appear or vanish. (``--structure gc``; cheaper than MIND, but global per patch.)
+
+    Examples
+    --------
+    >>> x = torch.rand(2, 1, 16, 16)
+    >>> float(gradient_consistency_loss(x, 3.0 - 2.0 * x)) < 1e-5
+    True
+    >>> float(gradient_consistency_loss(x, torch.roll(x, 2, -1))) > 0.5
+    True
+    """
+
+    def ncc(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        p = p.flatten(1) - p.flatten(1).mean(1, keepdim=True)
+        q = q.flatten(1) - q.flatten(1).mean(1, keepdim=True)
+        return (p * q).sum(1) / (p.norm(dim=1) * q.norm(dim=1) + eps)
+
+    ay, ax = _gradients(source)
+    by, bx = _gradients(synthesized)
+    return (1.0 - 0.5 * (ncc(ay, by) + ncc(ax, bx)).abs()).mean()
+
+
+#: ``--structure`` choices of the unpaired recipe.
+STRUCTURE_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mind": mind_loss,
+    "gc": gradient_consistency_loss,
+}
+
+
+def quantile_matching_loss(
+    synthesized: torch.Tensor,
+    real: torch.Tensor,
+    synthesized_mask: torch.Tensor | None = None,
+    real_mask: torch.Tensor | None = None,
+    levels: int = 128,
+) -> torch.Tensor:
+    """1-D Wasserstein-1 distance between two intensity distributions: ``mean_q |Q_s(q) - Q_r(q)|``.
+
+    ``Q`` are the quantile functions (``levels`` levels, :func:`torch.quantile`,
+    differentiable) of the synthesized and of *unrelated* real target voxels (another
+    subject's patches), each inside its mask when given (falling back to all voxels
+    when a mask is empty). The unpaired recipe's ``--lambda-intensity``: the PatchGAN
+    discriminator instance-normalises after its first layer, so it hardly sees a
+    global offset or scale of the intensities; this term does, and only that (it is
+    blind to where voxels are, which the structure term keeps).
+
+    Examples
+    --------
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> float(quantile_matching_loss(x, torch.flip(x, (0, 3)))) < 1e-6   # same values, other places
+    True
+    >>> round(float(quantile_matching_loss(x + 0.5, x)), 4)
+    0.5
+    """
+
+    def values(x: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        if m is not None:
+            sel = m.to(torch.bool)
+            if bool(sel.any()):
+                return x[sel].float()
+        return x.flatten().float()
+
+    q = torch.linspace(0.0, 1.0, levels, device=synthesized.device)
+    return (
+        (torch.quantile(values(synthesized, synthesized_mask), q) - torch.quantile(values(real, real_mask), q))
+        .abs()
+        .mean()
+    )

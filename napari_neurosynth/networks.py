@@ -740,8 +740,12 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "patchgan": PatchGANDiscriminator,
 }
 
+#: Architectures defined in other modules that build on the blocks here, imported when first built
+#: (``fgdl`` imports this module, so it cannot be imported at the top).
+_ELSEWHERE = {"fgdl": ("napari_neurosynth.fgdl", "FGDLGenerator")}
+
 #: Generators only (what a model bundle may hold).
-GENERATORS = ("resnet", "unet", "fusion", "mcsr")
+GENERATORS = ("resnet", "unet", "fusion", "mcsr", "fgdl")
 
 
 #: Integer architecture arguments for which 0 is meaningful (a trunk at full resolution).
@@ -754,7 +758,7 @@ def build_network(name: str, **args: Any) -> nn.Module:
     Parameters
     ----------
     name
-        One of ``resnet``, ``unet``, ``fusion``, ``mcsr``, ``patchgan``.
+        One of ``resnet``, ``unet``, ``fusion``, ``mcsr``, ``fgdl`` (:mod:`napari_neurosynth.fgdl`), ``patchgan``.
     **args
         Constructor arguments (as stored in a card's ``architecture.args``).
 
@@ -791,8 +795,14 @@ def build_network(name: str, **args: Any) -> nn.Module:
     napari_neurosynth.errors.NeurosynthError: architecture 'resnet' does not take argument(s) blocks; it takes: ...
     """
     cls = ARCHITECTURES.get(name)
+    if cls is None and name in _ELSEWHERE:
+        import importlib
+
+        module, attr = _ELSEWHERE[name]
+        cls = ARCHITECTURES[name] = getattr(importlib.import_module(module), attr)
     if cls is None:
-        raise NeurosynthError(f"unknown architecture {name!r}; known architectures: {', '.join(ARCHITECTURES)}")
+        known = ", ".join([*ARCHITECTURES, *(k for k in _ELSEWHERE if k not in ARCHITECTURES)])
+        raise NeurosynthError(f"unknown architecture {name!r}; known architectures: {known}")
     params = inspect.signature(cls.__init__).parameters
     accepted = [p for p in params if p != "self"]
     unknown = sorted(set(args) - set(accepted))

@@ -24,26 +24,30 @@ _ARCH_DEFAULTS = {
     "unet": "base=16,depth=3",
     "fusion": "base=16,n_blocks=2",
     "mcsr": "base=16,n_blocks=4",
+    "fgdl": "base=16,n_blocks=2",
 }
 
 
-def _arch_args(text: str) -> dict[str, int | str]:
-    """Parse ``--arch-args``: comma-separated ``key=value``, integers where they parse.
+def _arch_args(text: str) -> dict[str, int | str | bool]:
+    """Parse ``--arch-args``: comma-separated ``key=value``, integers and true/false where they parse.
 
     Examples
     --------
-    >>> _arch_args("base=16, n_blocks=4,fusion=concat")
-    {'base': 16, 'n_blocks': 4, 'fusion': 'concat'}
+    >>> _arch_args("base=16, n_blocks=4,fusion=concat,deformable=false")
+    {'base': 16, 'n_blocks': 4, 'fusion': 'concat', 'deformable': False}
     >>> _arch_args("base")
     Traceback (most recent call last):
     ...
     napari_neurosynth.errors.NeurosynthError: --arch-args: write key=value pairs separated by commas, not 'base'
     """
-    out: dict[str, int | str] = {}
+    out: dict[str, int | str | bool] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             raise NeurosynthError(f"--arch-args: write key=value pairs separated by commas, not {part!r}")
         k, v = (s.strip() for s in part.split("=", 1))
+        if v.lower() in ("true", "false"):
+            out[k] = v.lower() == "true"
+            continue
         try:
             out[k] = int(v)
         except ValueError:
@@ -84,6 +88,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "default or random TR/TE/TI, noise, bias, field-of-view crops (seeded per subject)",
     )
     p.add_argument("--flips", action="store_true", help="mirror training patches at random (both in-plane axes)")
+    p.add_argument(
+        "--target-misalignment",
+        choices=["low", "mid", "high", "mixed"],
+        default=None,
+        help="phantom data: the T2 label and t2_lowres moved against T1 (rigid + elastic; see docs/phantom.md); "
+        "mixed cycles the three over the seeds; validation (at mid for mixed) uses the aligned T2",
+    )
+    p.add_argument(
+        "--lowres-mode",
+        choices=["slab", "kspace"],
+        default="slab",
+        help="phantom data: t2_lowres by thick slices or by in-plane k-space centre cropping",
+    )
+    fg = p.add_argument_group("FGDL (--mode mcsr --arch fgdl)")
+    fg.add_argument("--no-label-correction", action="store_true", help="ablation: no registration network, raw labels")
+    fg.add_argument("--lambda-smooth", type=float, default=10.0, help="smoothness weight of the registration flow")
+    fg.add_argument("--lambda-ssim", type=float, default=0.0, help="weight of the SSIM loss (MONAI SSIMLoss)")
+    fg.add_argument("--lambda-diff", type=float, default=0.0, help="weight of the difference-map supervision")
+    fg.add_argument(
+        "--disc",
+        choices=["projection", "patchgan"],
+        default="projection",
+        help="discriminator: FGDL's difference projection, or the plain conditional PatchGAN (ablation)",
+    )
+    fg.add_argument(
+        "--stage1-fraction", type=float, default=0.4, help="share of the epochs for stage 1 (CMS + label correction)"
+    )
     p.add_argument(
         "--normalization",
         choices=["central_median", "percentile"],
@@ -134,6 +165,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=0.0,
         help="unpaired identity-loss weight (default 0: it pulls T1->T2 towards copying T1)",
+    )
+    p.add_argument(
+        "--lambda-structure",
+        type=float,
+        default=0.0,
+        help="unpaired: weight of a contrast-invariant structure loss between each generator's input "
+        "and output (default 0: off)",
+    )
+    p.add_argument(
+        "--structure",
+        choices=("mind", "gc"),
+        default="mind",
+        help="unpaired structure loss: MIND descriptors (Heinrich et al. 2012) or gradient correlation",
+    )
+    p.add_argument(
+        "--lambda-intensity",
+        type=float,
+        default=0.0,
+        help="unpaired: weight of a 1-D Wasserstein term between synthesized and real in-brain intensities "
+        "(default 0: off)",
     )
     p.add_argument(
         "--disc-blur",
@@ -250,6 +301,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     h.add_argument("--resolutions", nargs="+", default=None, metavar="RES", help="grid voxel sizes (1mm 2mm 1x1x3mm)")
     h.add_argument("--fields", nargs="+", default=None, metavar="FIELD", help="grid fields (3T 1.5T random_protocol)")
     h.add_argument("--json", action="store_true", help="print JSON")
+    h.add_argument(
+        "--misalignment",
+        nargs="+",
+        default=None,
+        choices=["none", "low", "mid", "high"],
+        metavar="SEVERITY",
+        help="MCSR models under target misalignment: one table per severity (none low mid high) against the "
+        "aligned T2, with the centroid offsets of ventricles and lesions; several models share the phantoms",
+    )
+    h.add_argument(
+        "--lowres-mode", choices=["slab", "kspace"], default="slab", help="with --misalignment: how t2_lowres is made"
+    )
+    h.add_argument(
+        "--unpaired-rule",
+        action="store_true",
+        help="judge an unpaired model: against histogram matching and a quantile map fitted on unpaired "
+        "halves, against the --paired model, and for invented lesions (whole head and skull-stripped, 2 mm, 3 T "
+        "unless --heads/--resolutions/--fields say otherwise)",
+    )
+    h.add_argument(
+        "--paired", default="t1_to_t2", metavar="NAME", help="with --unpaired-rule: the paired bundle to compare with"
+    )
     h.set_defaults(func=run_heldout)
 
 
@@ -301,6 +374,9 @@ def run(args: argparse.Namespace) -> int:
         lambda_gdl=args.lambda_gdl,
         lambda_cycle=args.lambda_cycle,
         lambda_identity=args.lambda_identity,
+        lambda_structure=args.lambda_structure,
+        structure=args.structure,
+        lambda_intensity=args.lambda_intensity,
         disc_blur=args.disc_blur,
         cycle_blur=args.cycle_blur,
         pool_size=args.pool_size,
@@ -312,6 +388,14 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         randomize=args.randomize,
         flips=args.flips,
+        target_misalignment=args.target_misalignment,
+        lowres_mode=args.lowres_mode,
+        label_correction=not args.no_label_correction,
+        lambda_smooth=args.lambda_smooth,
+        lambda_ssim=args.lambda_ssim,
+        lambda_diff=args.lambda_diff,
+        disc=args.disc,
+        stage1_fraction=args.stage1_fraction,
         dims=args.dims,
         precision="auto" if args.amp else (args.precision or "fp32"),
         normalization=(
@@ -436,6 +520,10 @@ def run_heldout(args: argparse.Namespace) -> int:
     from ..data import parse_seeds
     from ..training import evaluate_bundle
 
+    if getattr(args, "unpaired_rule", False):
+        return _run_unpaired_rule(args)
+    if getattr(args, "misalignment", None):
+        return _run_misalignment(args)
     models = [load_model(name) for name in args.model]
     model = models[0]
     card_metrics = model.card.get("metrics") or {}
@@ -475,6 +563,52 @@ def run_heldout(args: argparse.Namespace) -> int:
     else:
         print(f"{model.name}: {' + '.join(model.inputs)} -> {model.output}")
         print(format_heldout(result))
+    return 0
+
+
+def _run_misalignment(args: argparse.Namespace) -> int:
+    """``neurosynth heldout A B ... --misalignment low mid high``: :mod:`~napari_neurosynth.training.misalignment`."""
+    from ..bundle import load_model
+    from ..data import parse_seeds
+    from ..training.misalignment import evaluate_misalignment, format_misalignment
+
+    models = [load_model(name) for name in args.model]
+    result = evaluate_misalignment(
+        models,
+        parse_seeds(args.seeds or "1000-1002"),
+        args.misalignment,
+        resolution=args.resolution or 2.0,
+        lowres_mode=args.lowres_mode,
+        train_data=args.train_data,
+        progress=lambda sev: print(f"  severity {sev} ...", file=sys.stderr, flush=True),
+    )
+    print(json.dumps(result, indent=2) if args.json else format_misalignment(result))
+    return 0
+
+
+def _run_unpaired_rule(args: argparse.Namespace) -> int:
+    """``neurosynth heldout NAME --unpaired-rule``: :func:`~napari_neurosynth.training.unpaired.evaluate_unpaired`."""
+    from ..bundle import load_model
+    from ..data import parse_seeds
+    from ..training.heldout import grid_cells
+    from ..training.unpaired import evaluate_unpaired, format_unpaired
+
+    if len(args.model) != 1:
+        raise NeurosynthError("--unpaired-rule judges one unpaired model at a time")
+    model = load_model(args.model[0])
+    seeds = parse_seeds(args.seeds or "1000-1002")
+    cells = grid_cells(
+        args.heads or ["whole_head", "skull_stripped"], args.resolutions or ["2mm"], args.fields or ["3T"]
+    )
+    report = evaluate_unpaired(
+        model,
+        load_model(args.paired),
+        seeds,
+        cells=cells,
+        train_data=args.train_data,
+        progress=lambda name: print(f"  {name} ...", file=sys.stderr, flush=True),
+    )
+    print(json.dumps(report, indent=2) if args.json else format_unpaired(report))
     return 0
 
 

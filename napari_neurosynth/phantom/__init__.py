@@ -38,7 +38,7 @@ placement) and :mod:`.core` (:func:`make_phantom`).
 from __future__ import annotations
 
 from .anatomy import GM_RESTRICTED, NUCLEI_LABELS
-from .core import RANDOM_CROP_MM, RESOLUTION_RANGE, make_phantom
+from .core import LOWRES_MODES, MISALIGNMENT_SEVERITIES, RANDOM_CROP_MM, RESOLUTION_RANGE, make_phantom
 from .head import LAYERS as HEAD_LAYERS
 from .lesions import (
     LESION_KIND_LABELS,
@@ -68,6 +68,8 @@ from .physics import (
 
 __all__ = [
     "make_phantom",
+    "LOWRES_MODES",
+    "MISALIGNMENT_SEVERITIES",
     "TISSUES",
     "TISSUES_BY_FIELD",
     "FIELD_STRENGTHS",

@@ -44,6 +44,17 @@ _LABEL_TISSUES = (
 RESOLUTION_RANGE = (0.7, 8.0)
 #: ``fov_crop="random"``: the most removed (mm) at each side (R-L: both sides; P, A; I, S).
 RANDOM_CROP_MM = ((15.0, 15.0), (20.0, 20.0), (35.0, 15.0))
+#: ``target_misalignment`` severities (issue 13, FGDL's setting): the T2 acquisition, and so ``t2_lowres``, is
+#: moved against T1 by a per-subject rigid transform (each axis up to ``shift_mm`` and ``rotation_deg``, about the
+#: brain's centre) composed with a smooth elastic displacement of at most ``elastic_mm``. At 80 mm from the centre
+#: a rotation of 1 degree moves tissue by 1.4 mm, so ``high`` reaches about 6-7 mm at the cortex.
+MISALIGNMENT_SEVERITIES: dict[str, dict[str, float]] = {
+    "low": {"shift_mm": 1.0, "rotation_deg": 0.5, "elastic_mm": 0.5},
+    "mid": {"shift_mm": 2.0, "rotation_deg": 1.5, "elastic_mm": 1.5},
+    "high": {"shift_mm": 4.0, "rotation_deg": 3.0, "elastic_mm": 3.0},
+}
+#: How ``t2_lowres`` is made: thick axial slabs (slice thickening) or k-space centre cropping in plane (FGDL's).
+LOWRES_MODES = ("slab", "kspace")
 
 
 # --------------------------------------------------------------------------------------
@@ -222,10 +233,13 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
     return np.sqrt(re, out=re)
 
 
-def _rigid(rng: np.random.Generator, amount: float) -> tuple[np.ndarray, list[float], list[float]]:
-    """A random rigid world transform: rotations (deg) and translations (mm) within ``amount``."""
+def _rigid(
+    rng: np.random.Generator, amount: float, shift_mm: float | None = None
+) -> tuple[np.ndarray, list[float], list[float]]:
+    """A random rigid world transform: rotations (deg) within ``amount``, translations (mm) within ``shift_mm``."""
     angles = rng.uniform(-amount, amount, 3)
-    shift = rng.uniform(-amount, amount, 3)
+    shift_mm = amount if shift_mm is None else shift_mm
+    shift = rng.uniform(-shift_mm, shift_mm, 3)
     rx, ry, rz = np.deg2rad(angles)
     cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
     rot = (
@@ -238,6 +252,65 @@ def _rigid(rng: np.random.Generator, amount: float) -> tuple[np.ndarray, list[fl
     m[:3, :3] = rot
     m[:3, 3] = centre - rot @ centre + shift
     return m, [float(a) for a in angles], [float(s) for s in shift]
+
+
+def check_severity(severity: Any) -> str | None:
+    """``None`` or a :data:`MISALIGNMENT_SEVERITIES` name (case-insensitive); anything else is refused.
+
+    Examples
+    --------
+    >>> check_severity("Mid"), check_severity(None)
+    ('mid', None)
+    >>> check_severity("extreme")
+    Traceback (most recent call last):
+    ...
+    napari_neurosynth.errors.NeurosynthError: target_misalignment must be None or one of low, mid, high, got 'extreme'
+    """
+    if severity is None or (isinstance(severity, str) and severity.lower() in ("none", "")):
+        return None
+    if not isinstance(severity, str) or severity.lower() not in MISALIGNMENT_SEVERITIES:
+        raise NeurosynthError(
+            f"target_misalignment must be None or one of {', '.join(MISALIGNMENT_SEVERITIES)}, got {severity!r}"
+        )
+    return severity.lower()
+
+
+def _target_motion(rng: np.random.Generator, severity: str, grid: Grid, brain: np.ndarray):
+    """Sampling coordinates (voxel indices) of a rigid + elastic motion, and its metadata.
+
+    The image acquired after the motion shows at world point ``p`` the anatomy at
+    ``W^-1 p + e(p)``: ``W`` the rigid transform, ``e`` a smooth displacement (three
+    cosine fields, the phantom's own deformation model, scaled to ``elastic_mm``).
+    """
+    sev = MISALIGNMENT_SEVERITIES[severity]
+    world, angles, shift = _rigid(rng, sev["rotation_deg"], sev["shift_mm"])
+    axes = grid.axes()
+    inv = np.linalg.inv(world)
+    coords = np.empty((3, *grid.shape), np.float32)
+    # separable world coordinates: p = (x_i, y_j, z_k); q = inv[:3, :3] p + inv[:3, 3] + e(p)
+    for a in range(3):
+        q = np.full(grid.shape, inv[a, 3], np.float32)
+        for b in range(3):
+            shape = [1, 1, 1]
+            shape[b] = -1
+            q += np.float32(inv[a, b]) * axes[b].astype(np.float32).reshape(shape)
+        q += normalised_field(axes, rng, 3).astype(np.float32) * np.float32(sev["elastic_mm"])
+        coords[a] = (q - np.float32(axes[a][0])) / np.float32(grid.spacing[a])
+    index = np.indices(grid.shape, dtype=np.float32)
+    moved_mm = np.sqrt(sum(((coords[a] - index[a]) * grid.spacing[a]) ** 2 for a in range(3)))
+    inside = moved_mm[brain] if brain.any() else moved_mm.ravel()
+    meta = {
+        "severity": severity,
+        **{k: float(v) for k, v in sev.items()},
+        "rotation_deg": angles,
+        "translation_mm": shift,
+        "world_transform": [[float(v) for v in row] for row in world],
+        "displacement_mm": {
+            "brain_mean": round(float(inside.mean()), 3),
+            "brain_max": round(float(inside.max()), 3),
+        },
+    }
+    return coords, meta
 
 
 # --------------------------------------------------------------------------------------
@@ -362,7 +435,9 @@ def make_phantom(
     noise: float = 0.02,
     bias: float = 0.15,
     misalignment: float = 0.0,
+    target_misalignment: str | None = None,
     lowres_factor: int = 4,
+    lowres_mode: str = "slab",
     deform: bool = True,
     tissues: bool = False,
 ) -> dict[str, Volume]:
@@ -408,8 +483,22 @@ def make_phantom(
         Maximum rigid motion, in degrees about each axis and mm along each axis,
         of the T2, PD and FLAIR acquisitions relative to T1 (0: none).  Masks are
         aligned with T1.
+    target_misalignment : None, "low", "mid" or "high"
+        FGDL's setting: the T2 acquisition (and so ``t2_lowres``) moves against T1 by a
+        per-subject rigid transform plus a smooth elastic displacement of the severity's
+        size in mm (:data:`MISALIGNMENT_SEVERITIES`); it replaces ``misalignment`` for
+        T2.  ``t2`` is then the misaligned acquisition, as a real study has it, and
+        ``t2_aligned`` the same acquisition without the motion (ground truth for
+        evaluation).  Its metadata ``motion`` gives the transform and the displacement
+        in the brain (mean and max, mm).
     lowres_factor : int
-        Slab thickness of ``t2_lowres`` in high-resolution slices (axial).
+        Resolution factor of ``t2_lowres``: slab thickness in high-resolution slices
+        (``lowres_mode="slab"``) or the in-plane k-space reduction (``"kspace"``).
+    lowres_mode : "slab" or "kspace"
+        ``"slab"``: thick axial slices (the mean of ``lowres_factor`` slices).
+        ``"kspace"``: each axial slice keeps only the central ``1 / lowres_factor`` of
+        k-space along both in-plane axes (FGDL's degradation; voxels ``lowres_factor``
+        times larger in plane, Gibbs ringing included), magnitude with Rician noise.
     deform : bool
         Apply the subject's random anatomy (``False``: the template anatomy with
         mid-range skull and scalp).
@@ -425,7 +514,8 @@ def make_phantom(
         ~800), ``brain_mask`` (uint8 0/1), ``lesion_mask`` (uint8: 1 tumour core,
         2 oedema, 3 plaque, 4 black hole, 5 haemorrhage), all on one RAS grid, and
         ``t2_lowres`` (float32) on its own grid with ``lowres_factor``-times thicker
-        axial slices.  Each image's metadata records its ``sequence`` and the whole
+        axial slices (or larger in-plane voxels), and ``t2_aligned`` with
+        ``target_misalignment``.  Each image's metadata records its ``sequence`` and the whole
         ``protocol``; ``lesion_mask.metadata`` holds ``labels``, ``label_kinds``,
         ``visibility`` and ``contrast`` for this field strength and protocol.
 
@@ -448,6 +538,9 @@ def make_phantom(
     (2.0, 2.0, 4.0)
     """
     _check_args(seed, noise, bias, misalignment, lowres_factor)
+    severity = check_severity(target_misalignment)
+    if lowres_mode not in LOWRES_MODES:
+        raise NeurosynthError(f"lowres_mode must be one of {', '.join(LOWRES_MODES)}, got {lowres_mode!r}")
     seed = int(seed)
     spacing = _spacing(resolution)
     field = check_field_strength(field_strength)
@@ -470,7 +563,7 @@ def make_phantom(
         s_nuclei,
         s_protocol,
         s_crop,
-        _reserved,
+        s_target_motion,
     ) = ss
     rng = np.random.default_rng
     seqs = make_protocol(protocol, rng(s_protocol), field)
@@ -510,7 +603,9 @@ def make_phantom(
         "noise": float(noise),
         "bias": float(bias),
         "misalignment": float(misalignment),
+        "target_misalignment": severity,
         "lowres_factor": lowres_factor,
+        "lowres_mode": lowres_mode,
         "deform": bool(deform),
     }
     common = {
@@ -525,6 +620,9 @@ def make_phantom(
     if crop_mm is not None:
         common["fov_crop_mm"] = cropped
 
+    target_motion = None
+    if severity is not None:
+        target_motion = _target_motion(rng(s_target_motion), severity, grid, brain_mask > 0)
     out, t2_biased, t2_sigma = _acquire(
         clean,
         seqs,
@@ -537,6 +635,7 @@ def make_phantom(
         misalignment,
         skull_strip,
         {"bias": s_bias, "motion": s_motion, "noise": s_noise},
+        target_motion,
     )
     del clean
     out["brain_mask"] = Volume(brain_mask, affine.copy(), {**common, "modality": "brain_mask"})
@@ -553,7 +652,7 @@ def make_phantom(
             "lesions": placement.placed,
         },
     )
-    out["t2_lowres"] = _lowres(
+    out["t2_lowres"] = (_lowres if lowres_mode == "slab" else _lowres_kspace)(
         t2_biased,
         t2_sigma,
         brain_mask if skull_strip else None,
@@ -581,8 +680,15 @@ def seqs_to_protocol(seqs: dict[str, MRSequence]) -> dict[str, MRSequence]:
     return {name: seq for name, seq in seqs.items()}
 
 
-def _acquire(clean, seqs, brain_mask, affine, axes, common, noise, bias, misalignment, skull_strip, streams):
-    """Motion, bias and Rician noise per contrast; skull stripping last (as a BraTS pipeline does)."""
+def _acquire(
+    clean, seqs, brain_mask, affine, axes, common, noise, bias, misalignment, skull_strip, streams, target_motion=None
+):
+    """Motion, bias and Rician noise per contrast; skull stripping last (as a BraTS pipeline does).
+
+    With ``target_motion`` T2 is acquired twice from the same bias field and noise
+    stream: moved (``t2``) and in place (``t2_aligned``), so the two differ by the
+    motion alone.
+    """
     bias_streams = streams["bias"].spawn(len(seqs))
     motion_streams = streams["motion"].spawn(len(seqs))
     noise_streams = streams["noise"].spawn(len(seqs))
@@ -593,31 +699,43 @@ def _acquire(clean, seqs, brain_mask, affine, axes, common, noise, bias, misalig
         img = clean[contrast]
         bright = float(np.percentile(img[brain], 99)) if brain.any() else float(img.max())
         motion = None
-        if misalignment > 0 and contrast != "t1":
+        versions = [(contrast, img)]
+        if contrast == "t2" and target_motion is not None:
+            coords, motion = target_motion
+            moved = ndi.map_coordinates(img, coords, order=1, mode="constant", cval=0.0, output=np.float32)
+            versions = [("t2", moved), ("t2_aligned", img)]
+        elif misalignment > 0 and contrast != "t1":
             world, angles, shift = _rigid(np.random.default_rng(motion_streams[i]), misalignment)
             # The subject moved by ``world``: the new image at x shows the old anatomy at world^-1 x.
             m = np.linalg.inv(affine) @ np.linalg.inv(world) @ affine
             img = ndi.affine_transform(img, m[:3, :3], m[:3, 3], order=1, mode="constant", cval=0.0, output=np.float32)
+            versions = [(contrast, img)]
             motion = {
                 "rotation_deg": angles,
                 "translation_mm": shift,
                 "world_transform": [[float(v) for v in row] for row in world],
             }
+        field = None
         if bias > 0:
             field = normalised_field(axes, np.random.default_rng(bias_streams[i]), 3)
             field *= np.float32(bias)
             np.exp(field, out=field)
-            img = img * field
         sigma = noise * bright
-        if contrast == "t2":
-            t2_biased, t2_sigma = img, sigma
-        data = _rician(img, sigma, np.random.default_rng(noise_streams[i]))
-        if skull_strip:
-            data[~brain] = 0.0
-        meta = {**common, "modality": contrast, "sequence": protocol_dict(seq), "noise_sigma": sigma}
-        if motion is not None:
-            meta["motion"] = motion
-        out[contrast] = Volume(data, affine.copy(), meta)
+        for key, image in versions:
+            if field is not None:
+                image = image * field  # the coil's field: fixed in the scanner, so not moved with the head
+            if key == "t2":
+                t2_biased, t2_sigma = image, sigma
+            data = _rician(image, sigma, np.random.default_rng(noise_streams[i]))
+            if skull_strip:
+                data[~brain] = 0.0
+            meta = {**common, "modality": "t2" if key == "t2_aligned" else key, "sequence": protocol_dict(seq)}
+            meta["noise_sigma"] = sigma
+            if motion is not None and key != "t2_aligned":
+                meta["motion"] = motion
+            if key == "t2_aligned":
+                meta["ground_truth"] = "t2 without the target misalignment (same bias field and noise)"
+            out[key] = Volume(data, affine.copy(), meta)
     return out, t2_biased, t2_sigma
 
 
@@ -638,3 +756,33 @@ def _lowres(t2: np.ndarray, sigma: float, brain_mask, f: int, affine, meta, rng)
         low[slabs(brain_mask.astype(np.float32)) <= 0] = 0.0  # skull-stripped: zero outside the brain's slabs
     low_affine = affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, f, (f - 1) / 2.0], [0, 0, 0, 1.0]])
     return Volume(low, low_affine, {**meta, "slab_factor": f, "noise_sigma": sigma})
+
+
+def _lowres_kspace(t2: np.ndarray, sigma: float, brain_mask, f: int, affine, meta, rng) -> Volume:
+    """Keep the central ``1/f`` of each axial slice's k-space along both in-plane axes (FGDL's degradation).
+
+    The cropped spectrum's inverse DFT samples the band-limited image every
+    ``n / m`` voxels from voxel 0 (``m = n // f`` kept frequencies), which the
+    affine states exactly; ``norm="forward"`` keeps intensities.  Rician noise of
+    the same sigma is added to the complex image before the magnitude is taken.
+    """
+    n0, n1 = t2.shape[:2]
+    m0, m1 = max(1, n0 // f), max(1, n1 // f)
+    if brain_mask is not None:
+        t2 = np.where(brain_mask > 0, t2, np.float32(0.0))
+    spec = np.fft.fftshift(np.fft.fft2(t2, axes=(0, 1), norm="forward"), axes=(0, 1))
+    a0, a1 = n0 // 2 - m0 // 2, n1 // 2 - m1 // 2
+    kept = np.fft.ifftshift(spec[a0 : a0 + m0, a1 : a1 + m1], axes=(0, 1))
+    low = np.fft.ifft2(kept, axes=(0, 1), norm="forward")
+    if sigma > 0:
+        low = low + sigma * (rng.standard_normal(low.shape) + 1j * rng.standard_normal(low.shape))
+    data = np.abs(low).astype(np.float32)
+    s0, s1 = n0 / m0, n1 / m1
+    if brain_mask is not None:
+        footprint = ndi.zoom(brain_mask.astype(np.float32), (1 / s0, 1 / s1, 1), order=1, grid_mode=True)
+        footprint = footprint[:m0, :m1]
+        if footprint.shape != data.shape:  # zoom may round one short
+            footprint = np.pad(footprint, [(0, a - b) for a, b in zip(data.shape, footprint.shape)])
+        data[footprint <= 0] = 0.0
+    low_affine = affine @ np.diag([s0, s1, 1.0, 1.0])
+    return Volume(data, low_affine, {**meta, "kspace_factor": f, "noise_sigma": sigma})

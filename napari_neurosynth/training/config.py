@@ -63,6 +63,12 @@ class TrainConfig:
     lambda_gdl: float = 0.0
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.0
+    #: Unpaired: weight of a structure loss between each generator's input and output (0: off).
+    lambda_structure: float = 0.0
+    #: Unpaired: that loss, ``mind`` (MIND descriptors) or ``gc`` (gradient correlation); see :mod:`..losses`.
+    structure: str = "mind"
+    #: Unpaired: weight of the in-brain intensity-distribution term (1-D Wasserstein, sorted intensities; 0: off).
+    lambda_intensity: float = 0.0
     disc_blur: float = 0.0
     cycle_blur: float = 0.0
     pool_size: int = 0
@@ -83,6 +89,22 @@ class TrainConfig:
     dims: int = 2
     #: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (``--amp``); see :mod:`.distributed`.
     precision: str = "fp32"
+    #: Phantom data only: the T2 acquisition (label and ``t2_lowres``) misaligned against T1
+    #: (``low``/``mid``/``high``, :data:`~napari_neurosynth.phantom.MISALIGNMENT_SEVERITIES`); validation then
+    #: compares with the aligned T2, which only a phantom has.
+    target_misalignment: str | None = None
+    #: Phantom data only: how ``t2_lowres`` is made, ``slab`` (thick slices) or ``kspace`` (in-plane k-space crop).
+    lowres_mode: str = "slab"
+    #: FGDL (``--arch fgdl``, :mod:`.fgdl`): label correction by a registration network, its smoothness weight,
+    #: the weights of the SSIM and difference-map losses, the discriminator (``projection``: FGDL's
+    #: difference-projection PatchGAN; ``patchgan``: the plain conditional one) and the share of the epochs
+    #: spent in stage 1 (CMS base and label correction; stage 2 trains the SR branch with the CMS frozen).
+    label_correction: bool = True
+    lambda_smooth: float = 10.0
+    lambda_ssim: float = 0.0
+    lambda_diff: float = 0.0
+    disc: str = "projection"
+    stage1_fraction: float = 0.4
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -102,12 +124,24 @@ class TrainConfig:
             raise NeurosynthError("--pool-size cannot be negative")
         if self.disc_blur < 0 or self.cycle_blur < 0:
             raise NeurosynthError("--disc-blur and --cycle-blur are Gaussian sigmas in pixels and cannot be negative")
+        if self.lambda_structure < 0 or self.lambda_intensity < 0:
+            raise NeurosynthError("--lambda-structure and --lambda-intensity cannot be negative")
+        if self.structure not in ("mind", "gc"):
+            raise NeurosynthError(f"unknown --structure {self.structure!r}; use mind or gc")
         if self.dims not in (2, 3):
             raise NeurosynthError("--dims is 2 (slice models, 2.5-D with --context) or 3 (3-D patch models)")
         if self.dims == 3 and (self.mode != "paired" or self.context != 0):
             raise NeurosynthError("--dims 3 trains paired 3-D patch models: use --mode paired and --context 0")
         if str(self.precision).lower() not in ("fp32", "bf16", "fp16", "auto"):
             raise NeurosynthError(f"unknown --precision {self.precision!r}; use fp32, bf16 or fp16 (or --amp)")
+        if self.architecture == "fgdl" and self.mode != "mcsr":
+            raise NeurosynthError("--arch fgdl is the MCSR recipe: use --mode mcsr --inputs t1 t2_lowres")
+        if self.disc not in ("projection", "patchgan"):
+            raise NeurosynthError(f"unknown --disc {self.disc!r}; use projection or patchgan")
+        if not 0.0 <= self.stage1_fraction < 1.0:
+            raise NeurosynthError("--stage1-fraction is the share of the epochs of FGDL's first stage, in [0, 1)")
+        if self.lowres_mode not in ("slab", "kspace"):
+            raise NeurosynthError(f"unknown --lowres-mode {self.lowres_mode!r}; use slab or kspace")
         if self.patch % 4:
             raise NeurosynthError("--patch must be a multiple of 4 (the generators downsample by 4)")
 

@@ -44,6 +44,17 @@ def training_card(trainer: Trainer, command: str | None = None) -> dict:
                 "disc_blur_px": cfg.disc_blur,
                 "cycle_blur_px": cfg.cycle_blur,
                 "image_pool": cfg.pool_size,
+                # input-output structure term, only when on (cards of runs without it are unchanged)
+                **(
+                    {"structure": cfg.structure, "lambda_structure": cfg.lambda_structure}
+                    if cfg.lambda_structure
+                    else {}
+                ),
+                **(
+                    {"intensity": "1-D Wasserstein, brain voxels", "lambda_intensity": cfg.lambda_intensity}
+                    if cfg.lambda_intensity
+                    else {}
+                ),
             }
             if cfg.mode == "unpaired"
             else {
@@ -86,6 +97,12 @@ def training_card(trainer: Trainer, command: str | None = None) -> dict:
         "precision": getattr(trainer, "precision", "fp32"),
         "processes": trainer.dist.world_size,  # --batch is the global batch, shared among them
     }
+    if cfg.architecture == "fgdl":
+        from .fgdl import recipe as fgdl_recipe
+
+        recipe["fgdl"] = fgdl_recipe(cfg)
+    if cfg.target_misalignment or cfg.lowres_mode != "slab":
+        recipe["phantom_options"] = {"target_misalignment": cfg.target_misalignment, "lowres_mode": cfg.lowres_mode}
     card: dict[str, Any] = {
         "name": cfg.name,
         "version": "1.0",

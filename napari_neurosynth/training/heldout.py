@@ -506,10 +506,12 @@ def lut_from_card(
         )
     inputs, output = list(card["inputs"]), card["output"]
     resolutions = [tuple(r) if isinstance(r, list) else r for r in res]
+    options = {k: v for k, v in (recipe.get("phantom_options") or {}).items() if v not in (None, "slab")}
     key = (
         data,
         tuple(resolutions),
         bool(recipe.get("randomize")),
+        tuple(sorted(options.items())),
         None if str(data).startswith("phantom:") else tuple([*inputs, output]),
     )
     if cache is not None and key in cache:
@@ -521,6 +523,7 @@ def lut_from_card(
             ["t1", "t2", "flair", "t2_lowres"] if shared else [*inputs, output],
             resolutions,
             randomize=bool(recipe.get("randomize")),
+            **(options if str(data).startswith("phantom:") else {}),
         )
         if cache is not None:
             cache[key] = subs

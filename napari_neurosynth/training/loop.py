@@ -61,11 +61,27 @@ def build_generator(cfg: TrainConfig, reverse: bool = False) -> nn.Module:
         return build_network(cfg.architecture, **{**args, "in_channels": per})
     if cfg.architecture == "fusion":
         args.update(n_inputs=len(cfg.inputs), channels_per_input=per)
-    elif cfg.architecture == "mcsr":
+    elif cfg.architecture in ("mcsr", "fgdl"):
         args.update(source_channels=per * (len(cfg.inputs) - 1), lowres_channels=per)
     else:
         args["in_channels"] = per * len(cfg.inputs)
     return build_network(cfg.architecture, **args)
+
+
+def phantom_options(cfg: TrainConfig) -> dict:
+    """The :func:`~napari_neurosynth.phantom.make_phantom` options a run's phantom data get (misalignment, low-res)."""
+    out: dict = {}
+    if cfg.target_misalignment:
+        out["target_misalignment"] = cfg.target_misalignment
+    if cfg.lowres_mode != "slab":
+        out["lowres_mode"] = cfg.lowres_mode
+    return out
+
+
+def _if_phantom(source: str | None, options: dict) -> dict:
+    if options and not str(source).startswith("phantom:"):
+        raise NeurosynthError("--misalignment and --lowres-mode describe phantom data; give --data phantom:SEEDS")
+    return options
 
 
 def _seed_everything(seed: int, device: torch.device) -> None:
@@ -139,6 +155,10 @@ class Trainer:
     >>> history = Trainer(cfg).fit()  # doctest: +SKIP
     """
 
+    #: ``--arch fgdl`` only (:mod:`.fgdl`): the label-correction registration network and the SSIM loss.
+    R: nn.Module
+    ssim_loss: nn.Module
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -171,6 +191,10 @@ class Trainer:
         self.nets: dict[str, nn.Module] = {"G": self.G}
         if cfg.mode == "unpaired":
             self._build_unpaired()
+        elif cfg.architecture == "fgdl":
+            from . import fgdl
+
+            fgdl.build(self)
         else:
             self._build_paired()
         #: The networks the steps run: the same modules, each wrapped in DDP under torchrun.
@@ -216,13 +240,29 @@ class Trainer:
         """Training and validation subjects, normalised and sliced as the engine will see them."""
         cfg = self.cfg
         mods = [*cfg.inputs, cfg.output]
+        options = phantom_options(cfg)
         if subjects is None:
-            subjects = load_subjects(cfg.data, mods, cfg.resolution, randomize=cfg.randomize)
+            subjects = load_subjects(
+                cfg.data, mods, cfg.resolution, randomize=cfg.randomize, **_if_phantom(cfg.data, options)
+            )
         val_source = cfg.val_data or ("phantom:900" if cfg.data.startswith("phantom:") else None)
         if val_subjects is None and val_source:
+            val_options = _if_phantom(val_source, options)
+            if val_options.get("target_misalignment") == "mixed":
+                val_options = {**val_options, "target_misalignment": "mid"}  # one subject: the middle severity
+            val_mods = [*mods, "t2_aligned"] if val_options.get("target_misalignment") else mods
             val_subjects = load_subjects(
-                val_source, mods, cfg.resolution[0] if cfg.resolution else 2.0, randomize=cfg.randomize
+                val_source,
+                val_mods,
+                cfg.resolution[0] if cfg.resolution else 2.0,
+                randomize=cfg.randomize,
+                **val_options,
             )
+            if "t2_aligned" in val_mods:
+                # judge against the truth, not against the motion the label carries (model selection would
+                # otherwise reward a model that reproduces the misalignment)
+                for s in val_subjects:
+                    s.images[cfg.output] = s.images.pop("t2_aligned")
         prep: Callable[..., Any] = prepare
         if cfg.dims == 3:  # volumes in array order, as the engine's sliding window sees them
             from .patch3d import prepare_volume as prep
@@ -338,8 +378,8 @@ class Trainer:
     def _unpaired_step(self) -> dict:
         cfg = self.cfg
         share = self.dist.share  # each rank's part of the global batch (see _paired_step)
-        a = torch.from_numpy(share(self.sampler_a.batch(cfg.batch))[0]).to(self.device)
-        b = torch.from_numpy(share(self.sampler_b.batch(cfg.batch))[0]).to(self.device)
+        batch_a, batch_b = share(self.sampler_a.batch(cfg.batch)), share(self.sampler_b.batch(cfg.batch))
+        a, b = torch.from_numpy(batch_a[0]).to(self.device), torch.from_numpy(batch_b[0]).to(self.device)
         G, F, DA, DB = (self.fwd[k] for k in ("G", "F", "DA", "DB"))
         amp, scaler = self._autocast, self.scaler
         dlp, clp = self.disc_low_pass, self.cycle_low_pass  # identity unless --disc-blur / --cycle-blur
@@ -349,6 +389,21 @@ class Trainer:
             adv = L.lsgan_generator_loss(DB(dlp(fake_b))) + L.lsgan_generator_loss(DA(dlp(fake_a)))
             cyc = L.cycle_loss(clp(F(fake_b)), clp(a), clp(G(fake_a)), clp(b))
             g_loss = cfg.lambda_adv * adv + cfg.lambda_cycle * cyc
+            struct: torch.Tensor | None = None
+            if cfg.lambda_structure:
+                # the adversarial term picks the target contrast, the structure term keeps each
+                # generator's edges where its input's are (no invented or moved anatomy); the
+                # losses are polarity-invariant, so they do not push T1 -> T2 towards copying
+                structure = L.STRUCTURE_LOSSES[cfg.structure]
+                struct = structure(a, fake_b) + structure(b, fake_a)
+                g_loss = g_loss + cfg.lambda_structure * struct
+            inten: torch.Tensor | None = None
+            if cfg.lambda_intensity:
+                # brain-voxel intensity distributions of each synthesis against the other half's real images
+                # (unpaired: other subjects); the discriminators' instance norm leaves the level to this term
+                ma, mb = (torch.from_numpy(m[2]).to(self.device) for m in (batch_a, batch_b))
+                inten = L.quantile_matching_loss(fake_b, b, ma, mb) + L.quantile_matching_loss(fake_a, a, mb, ma)
+                g_loss = g_loss + cfg.lambda_intensity * inten
             idt = torch.zeros((), device=self.device)
             if cfg.lambda_identity:
                 # identity (Zhu et al.'s colour-preservation term) pulls G towards copying its input,
@@ -368,7 +423,12 @@ class Trainer:
             )
         scaler.scale(d_loss).backward()
         scaler.step(self.opts["D"])
-        return {"g": g_loss.item(), "cycle": cyc.item(), "identity": idt.item(), "adv": adv.item(), "d": d_loss.item()}
+        out = {"g": g_loss.item(), "cycle": cyc.item(), "identity": idt.item(), "adv": adv.item(), "d": d_loss.item()}
+        if struct is not None:  # logged only when on, so a run without it logs what it always did
+            out["structure"] = struct.item()
+        if inten is not None:
+            out["intensity"] = inten.item()
+        return out
 
     def lr_at(self, epoch: int) -> float:
         """pix2pix/CycleGAN schedule: constant, then linear to 0 from ``lr_decay_start`` of the epochs."""
@@ -380,7 +440,14 @@ class Trainer:
 
     def train_step(self) -> dict:
         """One optimisation step (generator(s) and discriminator(s)); returns the losses."""
-        out = self._unpaired_step() if self.cfg.mode == "unpaired" else self._paired_step()
+        if self.cfg.mode == "unpaired":
+            out = self._unpaired_step()
+        elif self.cfg.architecture == "fgdl":
+            from . import fgdl
+
+            out = fgdl.step(self)
+        else:
+            out = self._paired_step()
         self.scaler.update()  # once per step, after both optimisers (torch's AMP recipe for several)
         if self.G_ema is not None:
             self.G_ema.update_parameters(self.G)
