@@ -32,6 +32,7 @@ TINY = {
     "unet": '{"in_channels": 3, "base": 4, "depth": 2}',
     "fusion": '{"n_inputs": 3, "channels_per_input": 1, "base": 4, "n_blocks": 1}',
     "mcsr": '{"source_channels": 2, "lowres_channels": 1, "base": 4, "n_blocks": 2}',
+    "fgdl": '{"source_channels": 2, "lowres_channels": 1, "base": 4, "n_blocks": 1}',
 }
 
 
