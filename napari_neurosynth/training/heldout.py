@@ -160,8 +160,12 @@ def _evaluate_subjects(
     lut,
     progress: Callable[[float], None] | None = None,
     lesion_contrast: bool = False,
+    predictions: dict | None = None,
 ) -> dict:
-    """Model and baselines on ``subjects``: mean brain/lesion metrics, per-subject rows, lesion contrasts."""
+    """Model and baselines on ``subjects``: mean brain/lesion metrics, per-subject rows, lesion contrasts.
+
+    ``predictions``, a dict, receives each subject's synthesized volume by subject name.
+    """
     from ..baselines import baseline_input_index, input_standardised
     from ..inference import synthesize
     from ..metrics import evaluate
@@ -179,6 +183,8 @@ def _evaluate_subjects(
         target = target / intensity_scale(target, spec)
         # the engine gets the acquired volumes on their own grids (t2_lowres included)
         synth = np.asarray(synthesize(model, _raw_phantom_inputs(subj, inputs), device="cpu"), np.float32)
+        if predictions is not None:
+            predictions[subj.name] = synth
         norm_inputs = [np.asarray(v.data, np.float32) / intensity_scale(np.asarray(v.data), spec) for v in vols]
         preds = {
             "model": synth,

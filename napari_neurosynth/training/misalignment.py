@@ -168,9 +168,8 @@ def evaluate_misalignment(
         predictors being each model's name, ``input_standardised`` and ``intensity_lut``; and ``seeds``,
         ``resolution_mm``, ``lowres_mode``.
     """
-    from ..inference import synthesize
     from ..preprocessing import intensity_scale
-    from .heldout import _evaluate_subjects, _raw_phantom_inputs, lut_from_card
+    from .heldout import _evaluate_subjects, lut_from_card
 
     if not models:
         raise NeurosynthError("evaluate_misalignment needs at least one model")
@@ -191,8 +190,9 @@ def evaluate_misalignment(
         subjects = misaligned_subjects(seeds, sev, resolution, lowres_mode)
         rows: dict[str, dict] = {}
         offsets: dict[str, list[dict]] = {}
+        synthesized: dict[str, dict[str, NDArray[Any]]] = {}
         for m in models:
-            res = _evaluate_subjects(m, subjects, lut)
+            res = _evaluate_subjects(m, subjects, lut, predictions=synthesized.setdefault(m.name, {}))
             rows[m.name] = dict(res["held_out"])
             rows.setdefault("input_standardised", dict(res["baselines"]["input_standardised"]))
             rows.setdefault("intensity_lut", dict(res["baselines"]["intensity_lut"]))
@@ -203,7 +203,7 @@ def evaluate_misalignment(
             low = np.asarray(subj.images["t2_lowres"].data, np.float32)  # resampled onto the T1 grid
             preds = {"input_standardised": low / intensity_scale(low, spec)}
             for m in models:
-                preds[m.name] = np.asarray(synthesize(m, _raw_phantom_inputs(subj, m.inputs), device="cpu"))
+                preds[m.name] = synthesized[m.name][subj.name]  # the engine ran once per model and subject
             for key, pred in preds.items():
                 offsets.setdefault(key, []).append(centroid_offsets(pred, truth, subj))
         for key, offs in offsets.items():
